@@ -1,0 +1,233 @@
+"""The converter: one split at a time, index the input, plan shards, build the missing ones in worker
+processes, then account for every record and write rejects.jsonl and manifest.json.
+
+Shards are planned from the input index alone (contiguous runs of image records, closed by sample
+count or estimated bytes), so a shard's contents never depend on the number of workers, and a
+rerun knows which shards a previous run finished: those whose stats file carries the same
+fingerprint (source + options + slice).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from tqdm import tqdm
+
+from cnclip_scale.shards.build import ShardTask, build_shard, init_progress
+from cnclip_scale.shards.sources import SplitSource, load_split
+from cnclip_scale.shards.writer import TMP_MARK, Destination, stats_name
+
+FORMAT = "cnclip_scale.shards/1"
+
+
+@dataclass
+class Options:
+    group: str = "image"                 # "image": one sample per image; "pair": one per (text, image)
+    samples_per_shard: int = 10_000
+    max_shard_bytes: int = 256 << 20     # estimated from the base64 length before writing
+    verify_full: bool = False            # decode every image instead of header + end-marker checks
+    workers: int = 1
+    overwrite: bool = False
+    source_kind: str | None = None       # force "tsv" or "lmdb"
+    storage_options: dict = field(default_factory=dict)
+    progress: bool = True
+
+
+def _captions(source: SplitSource) -> dict[str, list]:
+    by_image: dict[str, list] = {}
+    for text in source.texts:
+        for image_id, _ in text.links:
+            by_image.setdefault(image_id, []).append((text.text_id, text.text))
+    return by_image
+
+
+def _duplicates(source: SplitSource) -> dict[int, int]:
+    """{line: first line} for TSV lines whose id an earlier line already named (the first one owns it)."""
+    first, duplicates = {}, {}
+    for slot in source.images:
+        if slot.image_id is not None and "line" in slot.where:
+            line = slot.where["line"]
+            if first.setdefault(slot.image_id, line) != line:
+                duplicates[line] = first[slot.image_id]
+    return duplicates
+
+
+def _plan(source: SplitSource, captions: dict, opts: Options) -> list[list]:
+    """Contiguous groups of image slots, each closed before it passes either shard limit."""
+    groups, current, samples, nbytes = [], [], 0, 0
+    for slot in source.images:
+        copies = len(captions.get(slot.image_id, ())) if opts.group == "pair" else 1
+        size = (slot.est_bytes + 1536) * copies  # + tar headers and the caption JSON
+        if current and (samples + copies > opts.samples_per_shard or nbytes + size > opts.max_shard_bytes):
+            groups.append(current)
+            current, samples, nbytes = [], 0, 0
+        current.append(slot)
+        samples, nbytes = samples + copies, nbytes + size
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _tasks(source: SplitSource, split: str, dst: str, opts: Options) -> list[ShardTask]:
+    captions, duplicates = _captions(source), _duplicates(source)
+    groups = _plan(source, captions, opts)
+    tasks = []
+    for index, group in enumerate(groups):
+        identity = [FORMAT, source.fingerprint, split, opts.group, opts.verify_full, opts.samples_per_shard,
+                    opts.max_shard_bytes, index, group[0].where, group[-1].where, len(group)]
+        task = ShardTask(split, index, hashlib.sha256(json.dumps(identity).encode()).hexdigest(), source.kind,
+                         source.image_path, source.image_label, dst, opts.storage_options, opts.group,
+                         opts.verify_full)
+        task.captions = {s.image_id: captions[s.image_id] for s in group if s.image_id in captions}
+        task.planned_samples = sum(len(task.captions.get(s.image_id, ())) if opts.group == "pair" else 1
+                                   for s in group)
+        if source.kind == "tsv":
+            task.start, task.first_line = group[0].offset, group[0].where["line"]
+            task.end = groups[index + 1][0].offset if index + 1 < len(groups) else None
+            task.duplicates = {s.where["line"]: duplicates[s.where["line"]] for s in group
+                               if s.where["line"] in duplicates}
+        else:
+            task.keys = [s.key for s in group]
+        tasks.append(task)
+    return tasks
+
+
+def _finished(dest: Destination, split: str, tasks: list[ShardTask], listing: dict) -> dict[int, dict]:
+    """Stats of shards a previous run completed for exactly this plan (their tar present, same size)."""
+    done = {}
+    for task in tasks:
+        if stats_name(split, task.index) not in listing:
+            continue
+        stats = dest.read_json(f"{split}/{stats_name(split, task.index)}")
+        if not stats or stats.get("fingerprint") != task.fingerprint:
+            continue
+        if stats["shard"] is None or listing.get(stats["shard"]) == stats["bytes"]:
+            done[task.index] = stats
+    return done
+
+
+def _run(tasks: list[ShardTask], opts: Options, total: int, initial: int, label: str) -> list[dict]:
+    """Build `tasks` in `opts.workers` processes (in this one for 1) with a samples/s + MB/s bar."""
+    ctx = mp.get_context("spawn")  # no fork: a forked child inherits the parent's S3 event loop
+    samples, nbytes = ctx.Value("q", 0), ctx.Value("q", 0)
+    bar = tqdm(total=total, initial=initial, unit="sample", desc=label, disable=not opts.progress,
+               dynamic_ncols=True)
+    stop, began = threading.Event(), time.time()
+
+    def refresh():
+        while not stop.wait(0.25):
+            bar.n = initial + samples.value
+            bar.set_postfix_str(f"{nbytes.value / 1e6 / max(time.time() - began, 1e-6):.0f} MB/s", refresh=True)
+
+    ticker = threading.Thread(target=refresh, daemon=True)
+    ticker.start()
+    try:
+        if opts.workers <= 1 or len(tasks) <= 1:
+            init_progress(samples, nbytes)
+            results = [build_shard(task) for task in tasks]
+        else:
+            with ctx.Pool(min(opts.workers, len(tasks)), initializer=init_progress, initargs=(samples, nbytes)) as pool:
+                results = list(pool.imap_unordered(build_shard, tasks))
+    finally:
+        stop.set()
+        ticker.join()
+        bar.n = initial + samples.value
+        bar.close()
+    return results
+
+
+def _position(reject: dict):
+    key = reject.get("key", "")
+    return (reject["source"], reject.get("line", 0), (0, int(key)) if key.isdigit() else (1, key))
+
+
+def _account(source: SplitSource, stats: list[dict]) -> tuple[dict, list[dict]]:
+    """Per record kind: input = written + rejected; plus every rejected record, in source order."""
+    written_ids = {i for s in stats for i in s["image_ids"]}
+    known_ids = {slot.image_id for slot in source.images if slot.image_id is not None}
+    image_rejects = [r for s in stats for r in s["rejects"]]
+    late_rejects, texts_written, pairs_written = [], 0, 0
+    for text in source.texts:
+        alive = 0
+        for image_id, where in text.links:
+            if image_id in written_ids:
+                alive += 1
+                continue
+            reason = "image_rejected" if image_id in known_ids else "unknown_image_id"
+            late_rejects.append({"record": "pair", "source": source.text_label, **where, "text_id": text.text_id,
+                                 "image_id": image_id, "reason": reason,
+                                 "detail": f"image {image_id} " + ("was rejected" if image_id in known_ids
+                                                                   else f"is not in {source.image_label}")})
+        if alive:
+            texts_written, pairs_written = texts_written + 1, pairs_written + alive
+            continue
+        any_known = any(i in known_ids for i, _ in text.links)
+        late_rejects.append({"record": "text", "source": source.text_label, **text.where, "text_id": text.text_id,
+                             "reason": "images_rejected" if any_known else "unknown_image_ids",
+                             "detail": f"none of its {len(text.links)} image(s) was written"})
+    text_side = sorted(source.text_rejects + late_rejects, key=_position)
+    count = Counter(r["record"] for r in image_rejects + text_side)
+    totals = {"images": {"input": len(source.images), "written": len(written_ids), "rejected": count["image"]},
+              "texts": {"input": source.texts_input, "written": texts_written, "rejected": count["text"]},
+              "pairs": {"input": source.pairs_input, "written": pairs_written, "rejected": count["pair"]}}
+    for kind, row in totals.items():
+        if row["input"] != row["written"] + row["rejected"]:  # a bug, never bad input: refuse to hide it
+            raise AssertionError(f"{kind}: input {row['input']} != written {row['written']} + rejected {row['rejected']}")
+    if pairs_written != sum(s["pairs"] for s in stats):
+        raise AssertionError("pairs written by shards disagree with pairs linked from texts")
+    return totals, image_rejects + text_side
+
+
+def _manifest(split: str, source: SplitSource, opts: Options, stats: list[dict], totals: dict,
+              rejects: list[dict], seconds: float) -> dict:
+    shards = [{k: s[k] for k in ("shard", "samples", "images", "pairs", "bytes", "sha256")}
+              for s in stats if s["shard"] is not None]
+    by_reason: dict = {}
+    for r in rejects:
+        by_reason.setdefault(r["record"] + "s", Counter())[r["reason"]] += 1
+    return {"format": FORMAT, "split": split, "group": opts.group,
+            "source": {"kind": source.kind, "images": source.image_label, "texts": source.text_label,
+                       "fingerprint": source.fingerprint},
+            "options": {k: v for k, v in asdict(opts).items() if k in ("samples_per_shard", "max_shard_bytes",
+                                                                       "verify_full")},
+            "shards": shards,
+            "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards),
+                       "images": totals["images"]["written"], "texts": totals["texts"]["written"],
+                       "pairs": totals["pairs"]["written"], "bytes": sum(s["bytes"] for s in shards),
+                       "images_without_texts": sum(s["images_without_texts"] for s in stats)},
+            "records": totals,
+            "rejects": {kind: dict(sorted(c.items())) for kind, c in sorted(by_reason.items())},
+            "seconds": round(seconds, 3)}
+
+
+def convert_split(src: str, split: str, dest: Destination, opts: Options) -> dict:
+    """Convert one split; return its manifest (also written to DST/{split}/manifest.json)."""
+    began = time.time()
+    source = load_split(src, split, opts.source_kind)
+    tasks = _tasks(source, split, dest.url, opts)
+    listing = dest.list_sizes(split)
+    if opts.overwrite and listing:
+        dest.remove([f"{split}/{name}" for name in listing])
+        listing = {}
+    done = _finished(dest, split, tasks, listing)
+    todo = [t for t in tasks if t.index not in done]
+    if todo:  # the split is changing: its old manifest must not describe the new shards
+        dest.remove([f"{split}/{n}" for n in listing if n in ("manifest.json", "rejects.jsonl") or TMP_MARK in n])
+    built = _run(todo, opts, sum(t.planned_samples for t in tasks),
+                 sum(s["samples"] for s in done.values()), split)
+    stats = sorted([*done.values(), *built], key=lambda s: s["index"])
+    totals, rejects = _account(source, stats)
+    keep = {stats_name(split, s["index"]) for s in stats} | {s["shard"] for s in stats if s["shard"]}
+    ours = re.compile(rf"^{re.escape(split)}-\d{{6}}\.(tar|stats\.json)$")
+    dest.remove([f"{split}/{n}" for n in dest.list_sizes(split) if ours.match(n) and n not in keep])
+    dest.write_lines(f"{split}/rejects.jsonl", rejects)
+    manifest = _manifest(split, source, opts, stats, totals, rejects, time.time() - began)
+    manifest["resumed_shards"] = len(done)
+    dest.write_json(f"{split}/manifest.json", manifest)
+    return manifest
