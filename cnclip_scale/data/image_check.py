@@ -32,6 +32,13 @@ def _complete(fmt: str, data: bytes) -> bool:
     return True  # TIFF has no end marker; --verify full catches damage there
 
 
+def _magic_format(data: bytes) -> str | None:
+    for magic, fmt in ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP")):
+        if data.startswith(magic):
+            return fmt
+    return "WEBP" if data[:4] == b"RIFF" and data[8:12] == b"WEBP" else None
+
+
 def check_image(data: bytes, full: bool = False) -> str:
     """Return the extension for `data` ("jpg", "png", ...) or raise BadRecord saying what is wrong."""
     if not data:
@@ -40,9 +47,10 @@ def check_image(data: bytes, full: bool = False) -> str:
         image = Image.open(io.BytesIO(data), formats=list(EXTENSIONS))
     except UnidentifiedImageError:
         raise BadRecord("not_an_image", f"unrecognised header {data[:8].hex()}") from None
-    except Exception as err:  # header parsers raise assorted errors on garbage
-        reason = "truncated_image" if "truncated" in str(err).lower() else "not_an_image"
-        raise BadRecord(reason, f"{type(err).__name__}: {err}") from None
+    except Exception as err:  # header parsers raise assorted errors on garbage and on cut-short files
+        fmt = _magic_format(data)
+        cut = "truncated" in str(err).lower() or (fmt is not None and not _complete(fmt, data))
+        raise BadRecord("truncated_image" if cut else "not_an_image", f"{type(err).__name__}: {err}") from None
     fmt = image.format
     if not _complete(fmt, data):
         raise BadRecord("truncated_image", f"{fmt} of {len(data)} bytes has no end marker")

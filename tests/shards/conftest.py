@@ -1,0 +1,72 @@
+"""Fixtures for the shard converter tests: generated seed-layout data (real photos) and readers."""
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from cnclip_scale.shards.cli import main
+from cnclip_scale.testing.seed_data import plant_bad_records, write_seed_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def clean_seed(tmp_path_factory):
+    """(folder, {split: SeedSplit}) of a valid dataset; tests must not modify it."""
+    root = tmp_path_factory.mktemp("clean_seed")
+    return root, write_seed_dataset(str(root), {"train": 40, "valid": 12, "test": 9})
+
+
+@pytest.fixture
+def bad_seed(tmp_path):
+    """(folder, train SeedSplit, expected rejects) with one record of every bad kind planted in train."""
+    root = tmp_path / "bad_seed"
+    truth = write_seed_dataset(str(root), {"train": 30, "valid": 6})
+    expected = plant_bad_records(str(root), "train", truth["train"])
+    return root, truth, expected
+
+
+def convert(*args) -> int:
+    """The CLI in this process (faster than a subprocess); returns its exit code."""
+    return main([str(a) for a in args])
+
+
+def run_tool(*args, timeout=120, env=None):
+    """Run tools/to_shards.py as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, str(REPO / "tools" / "to_shards.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def read_tar_samples(paths):
+    """{key: {ext: bytes}} over the shards at `paths`, with Python's tarfile only."""
+    samples = {}
+    for path in paths:
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                key, ext = member.name.split(".", 1)
+                assert ext not in samples.setdefault(key, {}), f"{member.name} twice"
+                samples[key][ext] = tar.extractfile(member).read()
+    return samples
+
+
+def shard_paths(split_dir):
+    manifest = json.loads((Path(split_dir) / "manifest.json").read_text())
+    return [Path(split_dir) / s["shard"] for s in manifest["shards"]]
+
+
+def reject_tuples(split_dir):
+    lines = (Path(split_dir) / "rejects.jsonl").read_text().splitlines()
+    return sorted((r["record"], r["source"], r.get("line", r.get("key")), r["reason"]) for r in map(json.loads, lines))
+
+
+def image_samples(samples):
+    """{image_id as str: (image bytes, [(text_id, text)])} from group=image samples."""
+    out = {}
+    for parts in samples.values():
+        meta = json.loads(parts["json"])
+        (image,) = [v for k, v in parts.items() if k != "json"]
+        out[str(meta["image_id"])] = (image, [(t["text_id"], t["text"]) for t in meta["texts"]])
+    return out

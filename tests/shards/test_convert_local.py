@@ -1,0 +1,127 @@
+"""Seed TSV/JSONL -> shards on local disk: exact rejects, exact accounting, byte-exact read-back."""
+import base64
+import json
+import tarfile
+
+import webdataset as wds
+
+from cnclip_scale.testing.seed_data import write_seed_split
+from conftest import convert, image_samples, read_tar_samples, reject_tuples, run_tool, shard_paths
+
+
+def test_every_bad_kind_is_rejected_with_its_reason_and_nothing_else(bad_seed, tmp_path):
+    root, truth, expected = bad_seed
+    out = tmp_path / "out"
+    assert convert("--src", root, "--dst", out, "--splits", "train,valid", "--samples-per-shard", "8") == 0
+    assert reject_tuples(out / "train") == expected
+    assert reject_tuples(out / "valid") == []
+    manifest = json.loads((out / "train" / "manifest.json").read_text())
+    records = manifest["records"]
+    assert records["images"] == {"input": 39, "written": 31, "rejected": 8}
+    n_texts = len(truth["train"].texts) - 2  # the generated ones; plant_bad_records added 2 good texts
+    assert records["texts"] == {"input": n_texts + 11, "written": n_texts + 2, "rejected": 9}
+    n_pairs = sum(len(t["image_ids"]) for t in truth["train"].texts[:n_texts])
+    assert records["pairs"] == {"input": n_pairs + 5, "written": n_pairs + 2, "rejected": 3}
+    assert manifest["rejects"]["images"] == {r: 1 for _, _, _, r in expected[:8]}
+    # The good records, URL-safe base64 included, come back byte for byte with their captions.
+    assert image_samples(read_tar_samples(shard_paths(out / "train"))) == {
+        i: (data, truth["train"].captions()[i]) for i, data in truth["train"].images.items()}
+
+
+def test_rejects_name_file_line_and_reason_on_the_console(bad_seed, tmp_path):
+    root, _, _ = bad_seed
+    result = run_tool("--src", root, "--dst", tmp_path / "out", "--splits", "train")
+    assert result.returncode == 0
+    assert "train_imgs.tsv:33: image 9000003: truncated_image (JPEG of" in result.stderr
+    assert "train_texts.jsonl:35: text " in result.stderr and "unknown_image_id" in result.stderr
+    assert "input = written + rejected" in result.stdout
+    strict = run_tool("--src", root, "--dst", tmp_path / "out2", "--splits", "train", "--strict")
+    assert strict.returncode == 1 and "input = written + rejected" in strict.stdout
+
+
+def test_plain_webdataset_and_tarfile_read_back_the_input(clean_seed, tmp_path):
+    root, truth = clean_seed
+    out = tmp_path / "out"
+    assert convert("--src", root, "--dst", out, "--samples-per-shard", "6", "--workers", "2") == 0
+    for split, seed in truth.items():
+        paths = shard_paths(out / split)
+        assert len(paths) == -(-len(seed.images) // 6)
+        via_tarfile = image_samples(read_tar_samples(paths))
+        dataset = wds.WebDataset([str(p) for p in paths], shardshuffle=False)
+        via_wds = image_samples({s["__key__"]: {k: v for k, v in s.items() if not k.startswith("__")}
+                                 for s in dataset})
+        expected = {i: (data, seed.captions()[i]) for i, data in seed.images.items()}
+        assert via_tarfile == expected and via_wds == expected
+        manifest = json.loads((out / split / "manifest.json").read_text())
+        assert manifest["totals"]["images"] == len(seed.images)
+        assert manifest["totals"]["texts"] == len(seed.texts)
+        assert manifest["totals"]["pairs"] == sum(len(t["image_ids"]) for t in seed.texts)
+        for entry in manifest["shards"]:  # stats agree with the tar on disk
+            stats = json.loads((out / split / entry["shard"].replace(".tar", ".stats.json")).read_text())
+            assert stats["sha256"] == entry["sha256"] and stats["bytes"] == (out / split / entry["shard"]).stat().st_size
+
+
+def test_group_pair_is_exactly_chinese_clip_training_pairs(clean_seed, tmp_path):
+    root, truth = clean_seed
+    out = tmp_path / "out"
+    assert convert("--src", root, "--dst", out, "--splits", "train", "--group", "pair", "--samples-per-shard", "10") == 0
+    samples = read_tar_samples(shard_paths(out / "train"))
+    got = sorted((str(json.loads(s["json"])["image_id"]), json.loads(s["json"])["texts"][0]["text_id"],
+                  json.loads(s["json"])["texts"][0]["text"], s["jpg"]) for s in samples.values())
+    seed = truth["train"]
+    assert got == sorted((str(i), t["text_id"], t["text"], seed.images[str(i)]) for t in seed.texts for i in t["image_ids"])
+
+
+def test_workers_do_not_change_the_shards(clean_seed, tmp_path):
+    root, _ = clean_seed
+    digests = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        assert convert("--src", root, "--dst", out, "--splits", "train", "--samples-per-shard", "7",
+                     "--workers", str(workers)) == 0
+        manifest = json.loads((out / "train" / "manifest.json").read_text())
+        digests.append([(s["shard"], s["sha256"]) for s in manifest["shards"]])
+    assert digests[0] == digests[1] and len(digests[0]) == 6
+
+
+def test_shard_byte_limit_and_odd_ids_make_safe_unique_keys(tmp_path):
+    seed = write_seed_split(str(tmp_path / "seed"), "train", 6, size=96)
+    lines = (tmp_path / "seed" / "train_imgs.tsv").read_text().splitlines()
+    odd = ["a.b/c", "a_2Eb_2Fc", "图片 1", "x" * 120, "-", "a.b/c.d"]
+    (tmp_path / "seed" / "train_imgs.tsv").write_text("".join(f"{i}\t{l.split(chr(9))[1]}\n" for i, l in zip(odd, lines)))
+    texts = [{"text_id": f"t.{k}", "text": f"说明{k}", "image_ids": [i]} for k, i in enumerate(odd)]
+    (tmp_path / "seed" / "train_texts.jsonl").write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts))
+    out = tmp_path / "out"
+    assert convert("--src", tmp_path / "seed", "--dst", out, "--splits", "train", "--max-shard-bytes", "7000") == 0
+    paths = shard_paths(out / "train")
+    assert len(paths) > 1
+    keys = [m.name.split(".")[0] for p in paths for m in tarfile.open(p).getmembers()]
+    assert len(set(keys)) == 6 and all("/" not in k and "." not in k for k in keys)
+    got = image_samples(read_tar_samples(paths))
+    assert {i: v[0] for i, v in got.items()} == dict(zip(odd, seed.images.values()))
+    pair_out = tmp_path / "pairs"
+    assert convert("--src", tmp_path / "seed", "--dst", pair_out, "--splits", "train", "--group", "pair") == 0
+    assert len(read_tar_samples(shard_paths(pair_out / "train"))) == 6
+
+
+def test_missing_input_and_unwritable_destination_fail_with_one_line(clean_seed, tmp_path):
+    root, _ = clean_seed
+    missing = run_tool("--src", root, "--dst", tmp_path / "out", "--splits", "train,nosuch")
+    assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0
+    assert "missing input" in missing.stderr and "nosuch_imgs.tsv" in missing.stderr
+    assert not (tmp_path / "out").exists()  # nothing written before every input was found
+    (tmp_path / "file").write_text("x")
+    blocked = run_tool("--src", root, "--dst", tmp_path / "file" / "out", "--splits", "train")
+    assert blocked.returncode == 2 and blocked.stderr.startswith("to_shards: error: ")
+    assert "Traceback" not in blocked.stderr
+
+
+def test_images_without_texts_are_kept_in_image_mode_and_rejected_in_pair_mode(tmp_path):
+    seed = write_seed_split(str(tmp_path), "test", 4)
+    with open(tmp_path / "test_imgs.tsv", "a") as f:
+        f.write(f"777\t{base64.b64encode(seed.images['1000000']).decode()}\n")
+    assert convert("--src", tmp_path, "--dst", tmp_path / "img", "--splits", "test") == 0
+    manifest = json.loads((tmp_path / "img" / "test" / "manifest.json").read_text())
+    assert manifest["totals"]["images_without_texts"] == 1 and manifest["totals"]["images"] == 5
+    assert convert("--src", tmp_path, "--dst", tmp_path / "pair", "--splits", "test", "--group", "pair") == 0
+    assert reject_tuples(tmp_path / "pair" / "test") == [("image", "test_imgs.tsv", 5, "no_texts")]

@@ -1,0 +1,80 @@
+"""kill -9 mid-run, rerun: finished shards are kept, the rest rebuilt, and the result equals a clean run."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cnclip_scale.testing.seed_data import write_seed_dataset
+from conftest import REPO, convert
+
+ARGS = ["--splits", "train,valid", "--samples-per-shard", "3", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def many_shards(tmp_path_factory):
+    """Enough small shards (~140) that a run is still going when its first shard is done."""
+    root = tmp_path_factory.mktemp("many")
+    write_seed_dataset(str(root), {"train": 360, "valid": 60}, size=48)
+    clean = root / "clean"
+    assert convert("--src", root, "--dst", clean, *ARGS) == 0
+    return root, clean
+
+
+def _files(split_dir):
+    """{name: sha256} of the tars, stats-free view of the split, plus rejects and manifest minus timings."""
+    out = {n: hashlib.sha256((split_dir / n).read_bytes()).hexdigest()
+           for n in sorted(os.listdir(split_dir)) if n.endswith(".tar")}
+    manifest = json.loads((split_dir / "manifest.json").read_text())
+    for volatile in ("seconds", "resumed_shards"):
+        manifest.pop(volatile)
+    return out, (split_dir / "rejects.jsonl").read_text(), manifest
+
+
+def test_kill_9_then_rerun_equals_a_clean_run(many_shards, tmp_path):
+    root, clean = many_shards
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "to_shards.py"), "--src", str(root), "--dst", str(out),
+                             *ARGS, "--workers", "2"], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    train = out / "train"
+    while proc.poll() is None and not (train.exists() and sum(n.endswith(".stats.json") for n in os.listdir(train)) >= 3):
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job: main process and its workers
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (train / "manifest.json").exists()
+    done = sorted(n for n in os.listdir(train) if n.endswith(".stats.json"))
+    assert 3 <= len(done) < 120
+    # Damage the kill could leave in other timings: a tar whose stats never came, a leftover temporary.
+    (train / done[0]).unlink()
+    (train / ".train-000099.tar.tmp-12345").write_bytes(b"partial")
+    (train / "train-000098.tar").write_bytes(b"a tar that never finished")
+    assert convert("--src", root, "--dst", out, *ARGS) == 0
+    manifest = json.loads((train / "manifest.json").read_text())
+    assert 0 < manifest["resumed_shards"] < len(manifest["shards"])
+    assert not [n for n in os.listdir(train) if ".tmp-" in n]
+    for split in ("train", "valid"):
+        assert _files(out / split) == _files(clean / split)
+
+
+def test_stats_that_do_not_match_the_tar_or_the_options_are_not_trusted(many_shards, tmp_path):
+    root, clean = many_shards
+    out = tmp_path / "out"
+    assert convert("--src", root, "--dst", out, *ARGS) == 0
+    (out / "train" / "train-000003.tar").write_bytes(b"truncated")          # size no longer matches stats
+    (out / "train" / "train-000004.stats.json").write_text('{"samples": 3')  # cut short
+    assert convert("--src", root, "--dst", out, *ARGS) == 0
+    assert json.loads((out / "train" / "manifest.json").read_text())["resumed_shards"] == 120 - 2
+    assert _files(out / "train") == _files(clean / "train")
+    # Other options, other plan: nothing reused, and no stale shard of the old plan survives.
+    assert convert("--src", root, "--dst", out, "--splits", "train", "--samples-per-shard", "50") == 0
+    manifest = json.loads((out / "train" / "manifest.json").read_text())
+    assert manifest["resumed_shards"] == 0 and len(manifest["shards"]) == 8
+    assert sorted(n for n in os.listdir(out / "train") if n.endswith(".tar")) == [s["shard"] for s in manifest["shards"]]
+    assert convert("--src", root, "--dst", out, "--splits", "train", "--samples-per-shard", "50", "--overwrite") == 0
+    assert json.loads((out / "train" / "manifest.json").read_text())["resumed_shards"] == 0

@@ -1,0 +1,107 @@
+"""The readers' verdict on single records: what is accepted, and the reason for what is not."""
+import base64
+import os
+import pickle
+
+import pytest
+
+from cnclip_scale.data import seed_formats as sf
+from cnclip_scale.data.image_check import check_image
+from cnclip_scale.testing.images import make_image
+
+
+def reason(fn, *args):
+    with pytest.raises(sf.BadRecord) as caught:
+        fn(*args)
+    return caught.value.reason
+
+
+def test_base64_standard_and_urlsafe_decode_to_the_same_bytes():
+    data = next(d for d in (make_image(i, 48)[0] for i in range(50)) if b"/" in base64.b64encode(d))
+    assert sf.decode_base64(base64.b64encode(data)) == data
+    assert sf.decode_base64(base64.urlsafe_b64encode(data)) == data
+
+
+@pytest.mark.parametrize("text, why", [(b"QUJD$EFG", "invalid_base64"), (b"QUJDR", "invalid_base64"),
+                                       (b"QUJD\xffRA==", "non_utf8"), (b"QU JD", "invalid_base64")])
+def test_bad_base64(text, why):
+    assert reason(sf.decode_base64, text) == why
+
+
+@pytest.mark.parametrize("line, why", [(b"  \r\n", "blank_line"), (b"123\n", "missing_base64_field"),
+                                       (b"123\t\n", "missing_base64_field"), (b"1\tQUJD\tx\n", "extra_fields"),
+                                       (b"1\t\tQUJD\n", "extra_fields"), (b"\xff1\tQUJD\n", "non_utf8")])
+def test_bad_tsv_lines(line, why):
+    assert reason(sf.parse_tsv_line, line) == why
+
+
+def test_tsv_line_is_stripped_like_chinese_clip():
+    assert sf.parse_tsv_line(b" 42 \tQUJD\r\n") == ("42", b"QUJD")
+    assert sf.tsv_line_id(b" 42 \tQUJD\r\n") == "42"
+
+
+@pytest.mark.parametrize("line, why", [
+    (b"{", "invalid_json"), (b"[1]", "invalid_json"), (b'{"text": "a", "image_ids": [1]}', "missing_field"),
+    (b'{"text_id": 1, "image_ids": [1]}', "missing_field"), (b'{"text_id": 1, "text": "a"}', "missing_field"),
+    (b'{"text_id": true, "text": "a", "image_ids": [1]}', "bad_field_type"),
+    (b'{"text_id": 1, "text": 5, "image_ids": [1]}', "bad_field_type"),
+    (b'{"text_id": 1, "text": " ", "image_ids": [1]}', "empty_text"),
+    (b'{"text_id": 1, "text": "a", "image_ids": []}', "no_image_ids"),
+    (b'{"text_id": 1, "text": "a", "image_ids": [[1]]}', "bad_field_type"),
+    (b'{"text_id": 1, "text": "\xe9"}', "non_utf8"), (b"\n", "blank_line")])
+def test_bad_text_lines(line, why):
+    assert reason(sf.parse_text_line, line) == why
+
+
+def test_text_line_ids_become_strings_for_the_join():
+    record = sf.parse_text_line('{"text_id": 8428, "text": "高级感托特包斜挎", "image_ids": [1076345, "x9"]}'.encode())
+    assert record == sf.TextRecord(8428, "高级感托特包斜挎", ("1076345", "x9"))
+
+
+def test_pair_pickles_as_chinese_clip_writes_them_are_accepted():
+    assert sf.unpickle_pair(pickle.dumps((1076345, 8428, "高级感托特包斜挎"))) == ("1076345", 8428, "高级感托特包斜挎")
+
+
+class _Payload:  # what an attacker would pickle: unpickling it runs os.system
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+def test_crafted_pickle_is_rejected_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps((1, 2, _Payload(marker)))
+    assert reason(sf.unpickle_pair, payload) == "unsafe_pickle"
+    assert not marker.exists()
+    pickle.loads(payload)  # the same bytes with the stock unpickler do run: the test is real
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("value, why", [([1, 2, "a"], "bad_pair"), ((1, 2), "bad_pair"), ((1, 2, b"a"), "bad_field_type"),
+                                        ((1.5, 2, "a"), "bad_field_type"), ((1, None, "a"), "bad_field_type")])
+def test_pairs_that_are_not_int_str_tuples(value, why):
+    assert reason(sf.unpickle_pair, pickle.dumps(value)) == why
+
+
+def test_broken_pickle():
+    assert reason(sf.unpickle_pair, b"\x80\x04garbage") == "bad_pickle"
+
+
+def test_image_checks_by_format():
+    jpeg = make_image(1, 96)[0]
+    png = make_image(1, 32, fmt="PNG")[0]
+    webp = make_image(1, 32, fmt="WEBP")[0]
+    assert [check_image(d) for d in (jpeg, png, webp)] == ["jpg", "png", "webp"]
+    for data in (jpeg[: len(jpeg) * 2 // 3], png[:-20], webp[:-30]):
+        assert reason(check_image, data) == "truncated_image"
+    assert reason(check_image, b"GIF8 nope") == "not_an_image"
+    assert reason(check_image, b"") == "not_an_image"
+
+
+def test_full_verify_catches_damage_the_cheap_check_cannot_see():
+    jpeg = bytearray(make_image(1, 96)[0])
+    jpeg[len(jpeg) // 2:len(jpeg) // 2 + 400] = b"\xff\xc4" * 200  # scan data wrecked, end marker intact
+    assert check_image(bytes(jpeg)) == "jpg"
+    assert reason(check_image, bytes(jpeg), True) == "corrupt_image"
