@@ -1,0 +1,130 @@
+"""Evaluation streams: every image exactly once across ranks × workers, in source order, no shuffle.
+
+Two inputs, one batch format ``{"images": uint8 B×3×r×r, "image_ids": [str], "texts": [[(text_id, text)]],
+"keys": [str]}``:
+  - shards (``ShardEvalStream``): the global sample sequence (shards in manifest order) is cut into
+    ``world_size × workers`` contiguous ranges of near-equal size; each worker batches its range.
+  - a Chinese-CLIP seed folder (``SeedEvalStream``): ``{split}_imgs.tsv`` is cut into byte ranges at line
+    starts, one per rank × worker, and captions come from ``{split}_texts.jsonl`` (via ``seed_formats``).
+Shares may differ by a batch between ranks; the evaluator gathers embeddings after the loop, so no
+rank waits on another mid-stream. Damaged samples are skipped and counted like in training.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from cnclip_scale.data import seed_formats as sf
+from cnclip_scale.data.decode import Counters, decode_image, parse_sample, read_samples
+from cnclip_scale.data.sources import Shard
+from cnclip_scale.model.transforms import resize_to_uint8
+
+
+def _slot(rank: int, workers: int) -> tuple[int, int]:
+    """(this worker's global slot, number of slots)."""
+    info = get_worker_info()
+    per_rank = max(workers, 1)
+    return rank * per_rank + (info.id if info is not None else 0), per_rank
+
+
+class _EvalBase(IterableDataset):
+    def __init__(self, image_size: int, batch_size: int, rank: int, world_size: int, workers: int):
+        self.image_size, self.batch_size = image_size, batch_size
+        self.rank, self.world_size, self.workers = rank, world_size, workers
+
+    def _range(self, total: int) -> tuple[int, int]:
+        slot, per_rank = _slot(self.rank, self.workers)
+        slots = self.world_size * per_rank
+        return total * slot // slots, total * (slot + 1) // slots
+
+    def _batches(self, items, counters: Counters):
+        batch = []
+        for item in items:
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                yield self._collate(batch, counters)
+                batch = []
+        if batch:
+            yield self._collate(batch, counters)
+
+    @staticmethod
+    def _collate(batch, counters: Counters) -> dict:
+        images, image_ids, texts, keys = zip(*batch)
+        return {"images": torch.stack(images), "image_ids": list(image_ids), "texts": list(texts),
+                "keys": list(keys), "_loader": {"counts": counters.take()}}
+
+
+class ShardEvalStream(_EvalBase):
+    def __init__(self, shards: list[Shard], storage_options: dict, **kw):
+        super().__init__(**kw)
+        self.shards, self.storage_options = shards, storage_options
+
+    def __iter__(self):
+        counters, transform = Counters(), resize_to_uint8(self.image_size, train=False)
+        yield from self._batches(self._items(counters, transform), counters)
+
+    def _items(self, counters: Counters, transform):
+        start, stop = self._range(sum(s.samples for s in self.shards))
+        offset = 0
+        for shard in self.shards:
+            lo, hi = max(start, offset), min(stop, offset + shard.samples)
+            offset += shard.samples
+            if lo >= hi:
+                continue
+            first = lo - (offset - shard.samples)
+            for _, raw in read_samples(shard.url, first, hi - lo, lambda i: True, counters, self.storage_options):
+                if raw is None:
+                    continue
+                try:
+                    image, image_id, texts = parse_sample(raw, self.image_size)
+                    yield transform(image), image_id, texts, raw.key
+                except Exception as err:
+                    counters.bad("corrupt_samples", f"shard {raw.url} key {raw.key}: skipped: "
+                                                    f"{type(err).__name__}: {err}")
+
+
+def _line_start(f, offset: int) -> int:
+    """The first line start at or after ``offset``."""
+    if offset == 0:
+        return 0
+    f.seek(offset - 1)
+    return offset - 1 + len(f.readline())
+
+
+class SeedEvalStream(_EvalBase):
+    def __init__(self, images_tsv: str, texts_jsonl: str, **kw):
+        super().__init__(**kw)
+        self.images_tsv, self.texts_jsonl = images_tsv, texts_jsonl
+
+    def __iter__(self):
+        counters, transform = Counters(), resize_to_uint8(self.image_size, train=False)
+        yield from self._batches(self._items(counters, transform), counters)
+
+    def _captions(self, counters: Counters) -> dict[str, list]:
+        captions: dict[str, list] = {}
+        for line, record in sf.iter_texts_jsonl(self.texts_jsonl):
+            if isinstance(record, sf.BadRecord):
+                counters.bad("corrupt_samples", f"{self.texts_jsonl}:{line}: skipped text: {record}")
+                continue
+            for image_id in record.image_ids:
+                captions.setdefault(image_id, []).append((str(record.text_id), record.text))
+        return captions
+
+    def _items(self, counters: Counters, transform):
+        start, stop = self._range(os.path.getsize(self.images_tsv))
+        with open(self.images_tsv, "rb") as f:
+            start, stop = _line_start(f, start), _line_start(f, stop)
+        if start >= stop:
+            return
+        captions = self._captions(counters)
+        for _, offset, raw in sf.iter_tsv_lines(self.images_tsv, start, stop):
+            if not raw.strip():
+                continue
+            try:
+                image_id, b64 = sf.parse_tsv_line(raw)
+                image = decode_image(sf.decode_base64(b64), self.image_size)
+                yield transform(image), image_id, captions.get(image_id, []), image_id
+            except Exception as err:
+                counters.bad("corrupt_samples", f"{self.images_tsv} line at byte {offset}: skipped: {type(err).__name__}: {err}")

@@ -1,0 +1,357 @@
+"""Shards -> batches on every rank and DataLoader worker, with an exact, saveable position.
+
+Training::
+
+    loader = build_train_loader("s3://b/train/manifest.json", tokenizer=Tokenizer(), image_size=224,
+                                batch_size=128, workers=8, rank=rank, world_size=world, seed=0,
+                                storage_options={"endpoint_url": ...})
+    loader.load_state_dict(ckpt["data"])                # optional: resume (same world size / workers / batch)
+    for epoch in range(loader.epoch, epochs):
+        loader.set_epoch(epoch)                         # keeps a loaded mid-epoch position for that epoch
+        for batch in loader:                            # exactly loader.batches_per_epoch batches, every rank
+            ...                                         # batch["images"] uint8 B×3×r×r, "input_ids" long B×L,
+                                                        # "attention_mask" bool B×L, "image_ids", "text_ids", "keys"
+            ckpt["data"] = loader.state_dict(gather=True)   # all ranks call; any rank's copy resumes every rank
+        log(loader.stats())                             # corrupt / missing samples, unreadable shards
+
+How it works (numbers in ``state.py``): the epoch is planned from manifest counts before reading, so
+every rank yields ``batches_per_epoch`` batches whatever the shard sizes and even with fewer shards than
+ranks × workers (ranges are cut at sample level, not shard level). Workers make whole batches (decode with
+JPEG draft, resize to uint8, pick one caption per visit, tokenize); the main process only forwards them and
+records, for each batch the consumer takes, which worker slot made it and that slot's position. A state is
+``{"epoch", "batches", "positions": {slot: position}, "layout"}``; a rebuilt loader rotates which
+DataLoader worker plays which slot so the batch sequence continues exactly — no sample repeated or skipped.
+
+Evaluation: ``build_eval_loader`` reads every image sample exactly once across ranks, in manifest order,
+no shuffle (shares may differ by a batch; no collective happens per batch, so nothing waits), and also
+reads a Chinese-CLIP seed folder (``{split}_imgs.tsv`` + ``{split}_texts.jsonl``).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from cnclip_scale.data import state as st
+from cnclip_scale.data.decode import COUNTER_NAMES, Counters, RawSample, parse_sample, read_samples
+from cnclip_scale.data.eval_reader import SeedEvalStream, ShardEvalStream
+from cnclip_scale.data.sources import Shard, resolve_sources
+from cnclip_scale.model.transforms import resize_to_uint8
+
+log = logging.getLogger("cnclip_scale.data")
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def _mp_context(shards: list[Shard], requested: str | None) -> str | None:
+    # A forked child inherits the parent's s3fs event loop (noisy, can hang): remote data uses forkserver.
+    if requested:
+        return requested
+    return None if all(_is_local(s.url) for s in shards) else "forkserver"
+
+
+# ------------------------------------------------------------------------------------------- training
+
+@dataclass
+class TrainConfig:
+    """Everything a worker needs to make its batches (pickled into each DataLoader worker)."""
+    shards: list[Shard]
+    weights: list[float]             # per shard: its source's weight (resampled draws)
+    layout: st.Layout
+    rank: int
+    tokenizer: object
+    image_size: int
+    context_length: int = 52
+    train_augment: bool = False
+    shuffle_buffer: int = 1000
+    shard_shuffle: bool = True
+    epoch_samples: int | None = None
+    storage_options: dict = field(default_factory=dict)
+
+    @property
+    def total_samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+    def plan(self) -> list[st.SlotPlan]:
+        return st.plan_rank(self.total_samples, self.layout, self.rank, self.epoch_samples)
+
+
+class _SlotInputs:
+    """A slot's input samples in reading order, as (input index, RawSample or None)."""
+
+    def __init__(self, cfg: TrainConfig, epoch: int, plan: st.SlotPlan, skip: set, counters: Counters):
+        self.cfg, self.epoch, self.plan, self.skip, self.counters = cfg, epoch, plan, skip, counters
+
+    def _segments(self):
+        """(shard, first sample in shard, count, input index of that first sample)."""
+        cfg = self.cfg
+        if cfg.layout.mode == "resampled":
+            draw = st.rng("draw", cfg.layout.seed, self.epoch, cfg.rank, self.plan.slot)
+            base = 0
+            while True:
+                shard = draw.choices(cfg.shards, weights=cfg.weights)[0]
+                yield shard, 0, shard.samples, base
+                base += shard.samples
+        offset = 0
+        for i in st.shard_order(len(cfg.shards), cfg.layout.seed, self.epoch, cfg.shard_shuffle):
+            shard = cfg.shards[i]
+            lo, hi = max(self.plan.start, offset), min(self.plan.stop, offset + shard.samples)
+            if lo < hi:
+                yield shard, lo - offset, hi - lo, lo - self.plan.start
+            offset += shard.samples
+            if offset >= self.plan.stop:
+                return
+
+    def __iter__(self):
+        for shard, first, count, base in self._segments():
+            if count == 0:
+                continue
+            wanted = lambda i, base=base, first=first: base + i - first not in self.skip  # noqa: E731
+            for i, raw in read_samples(shard.url, first, count, wanted, self.counters, self.cfg.storage_options):
+                yield base + i - first, raw
+
+
+class TrainStream(IterableDataset):
+    """One rank's epoch from ``batches`` on; DataLoader worker ``w`` plays slot ``(w + batches) % K``."""
+
+    def __init__(self, cfg: TrainConfig, epoch: int, batches: int = 0, positions: dict | None = None):
+        self.cfg, self.epoch, self.batches, self.positions = cfg, epoch, batches, dict(positions or {})
+
+    def __iter__(self):
+        info = get_worker_info()
+        k = self.cfg.layout.slots
+        worker = info.id if info is not None else 0
+        slots = [(worker + self.batches) % k] if info is not None else [(w + self.batches) % k for w in range(k)]
+        streams = [self._slot(s) for s in slots]
+        # In-process (workers=0): interleave the slots round-robin exactly as a DataLoader would.
+        for batch in itertools.chain.from_iterable(itertools.zip_longest(*streams)):
+            if batch is not None:
+                yield batch
+
+    def _slot(self, slot: int):
+        cfg = self.cfg
+        plan = cfg.plan()[slot]
+        seed, counters = (cfg.layout.seed, self.epoch, cfg.rank, slot), Counters()
+        first_batch = st.consumed_batches(slot, self.batches, cfg.layout.slots)
+        position = int(self.positions.get(str(slot), 0))
+        count = None if cfg.layout.mode == "resampled" else plan.stop - plan.start
+        order = st.buffered_order(itertools.count() if count is None else range(count), cfg.shuffle_buffer, seed)
+        skip = set(itertools.islice(order, position))        # inputs used before the saved position
+        inputs, pending = iter(_SlotInputs(cfg, self.epoch, plan, skip, counters)), {}
+        transform = resize_to_uint8(cfg.image_size, train=cfg.train_augment)
+        last_good = None
+        for b in range(first_batch, len(plan.batch_sizes)):
+            torch.manual_seed(st.pick(2**62, "augment", *seed, b))   # augmentation replays on resume
+            items = []
+            while len(items) < plan.batch_sizes[b]:
+                index = next(order, None)
+                if index is None:                     # exact: this slot's range is used up (damage)
+                    break
+                position += 1
+                while index not in pending:
+                    got, raw = next(inputs)
+                    pending[got] = raw
+                raw = pending.pop(index)
+                if raw is not None:
+                    item = self._sample(raw, transform, counters, (*seed, position))
+                    if item is not None:
+                        items.append(item)
+                        last_good = item
+            if not items:
+                # Damage left a planned batch empty; an empty batch would break the step on this rank
+                # only, so repeat one good sample (counted) to keep every rank in step.
+                items = [last_good or self._any_good(transform, counters)]
+                counters.values["filler_samples"] += 1
+            yield self._collate(items, slot, position, counters)
+
+    def _sample(self, raw: RawSample, transform, counters: Counters, visit):
+        try:
+            image, image_id, texts = parse_sample(raw, self.cfg.image_size)
+            if not texts:
+                raise ValueError("no caption")
+            text_id, text = texts[st.pick(len(texts), "caption", *visit)]
+            return transform(image), image_id, text_id, text, raw.key
+        except Exception as err:
+            counters.bad("corrupt_samples", f"shard {raw.url} key {raw.key}: skipped: {type(err).__name__}: {err}")
+            return None
+
+    def _any_good(self, transform, counters: Counters):
+        for shard in self.cfg.shards:
+            for _, raw in read_samples(shard.url, 0, shard.samples, lambda i: True, Counters(),
+                                       self.cfg.storage_options):
+                item = raw and self._sample(raw, transform, Counters(), ("filler",))
+                if item:
+                    return item
+        raise RuntimeError("no readable sample in any shard")
+
+    def _collate(self, items, slot: int, position: int, counters: Counters) -> dict:
+        images, image_ids, text_ids, texts, keys = zip(*items)
+        input_ids, mask = self.cfg.tokenizer(list(texts), self.cfg.context_length)
+        return {"images": torch.stack(images), "input_ids": input_ids, "attention_mask": mask,
+                "image_ids": list(image_ids), "text_ids": list(text_ids), "keys": list(keys),
+                "_loader": {"slot": slot, "position": position, "counts": counters.take()}}
+
+
+class TrainLoader:
+    """Iterable for one epoch at a time; see the module docstring for the protocol."""
+
+    def __init__(self, cfg: TrainConfig, *, workers: int, prefetch_factor: int = 2, mp_context: str | None = None):
+        self.cfg, self.workers, self.prefetch_factor = cfg, workers, prefetch_factor
+        self.mp_context = _mp_context(cfg.shards, mp_context)
+        self.batches_per_epoch = st.batches_per_rank(cfg.total_samples, cfg.layout, cfg.epoch_samples)
+        cfg.plan()  # raises now, not in a worker, if the plan is impossible
+        self._state = st.fresh_state(0, cfg.layout)
+        self._counts = dict.fromkeys(COUNTER_NAMES, 0)
+
+    @property
+    def epoch(self) -> int:
+        return self._state["epoch"]
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Samples all ranks together take per epoch (what the plan reads)."""
+        plans = [st.plan_rank(self.cfg.total_samples, self.cfg.layout, r, self.cfg.epoch_samples)
+                 for r in range(self.cfg.layout.world_size)]
+        return sum(sum(p.batch_sizes) for plan in plans for p in plan)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self._state["epoch"]:
+            self._state = st.fresh_state(epoch, self.cfg.layout)
+
+    def __iter__(self):
+        state = self._state
+        if state["batches"] >= self.batches_per_epoch:
+            return
+        stream = TrainStream(self.cfg, state["epoch"], state["batches"], state["positions"])
+        if self.workers == 0:
+            batches = iter(stream)
+        else:
+            batches = iter(DataLoader(stream, batch_size=None, num_workers=self.workers,
+                                      pin_memory=torch.cuda.is_available(), prefetch_factor=self.prefetch_factor,
+                                      multiprocessing_context=self.mp_context))
+        for batch in batches:
+            meta = batch.pop("_loader")
+            # Recorded as the consumer takes the batch: DataLoader prefetching never moves the position.
+            state["positions"][str(meta["slot"])] = meta["position"]
+            state["batches"] += 1
+            for name, n in meta["counts"].items():
+                self._counts[name] += n
+            yield batch
+
+    def stats(self) -> dict:
+        """Damage counts over the batches consumed so far (this rank), plus where the epoch stands."""
+        return {**self._counts, "epoch": self._state["epoch"], "batches": self._state["batches"],
+                "batches_per_epoch": self.batches_per_epoch}
+
+    def state_dict(self, gather: bool = False) -> dict:
+        """JSON-serialisable position after the last batch taken. ``gather=True`` (a collective: every rank
+        calls it) returns all ranks' positions in one dict, so rank 0 alone can save it."""
+        state = {**self._state, "positions": dict(self._state["positions"]), "rank": self.cfg.rank,
+                 "counts": dict(self._counts)}
+        if gather and torch.distributed.is_available() and torch.distributed.is_initialized():
+            everyone = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(everyone, state)
+            state = {**state, "ranks": {str(s["rank"]): s["positions"] for s in everyone}}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from ``state_dict()`` of this rank, or a gathered one. The layout (world size, workers,
+        batch size, mode, seed) must match; otherwise the saved epoch restarts (see docs/data_pipeline.md)."""
+        why = st.check_state(state, self.cfg.layout)
+        if why:
+            log.warning("data state from another layout (%s): restarting epoch %d from its start",
+                        why, state.get("epoch", 0))
+            self._state = st.fresh_state(int(state.get("epoch", 0)), self.cfg.layout)
+            return
+        positions = state.get("ranks", {}).get(str(self.cfg.rank), state["positions"])
+        if "ranks" not in state and state.get("rank", self.cfg.rank) != self.cfg.rank:
+            raise ValueError(f"state of rank {state['rank']} loaded on rank {self.cfg.rank}; save with gather=True")
+        self._state = {**st.fresh_state(int(state["epoch"]), self.cfg.layout), "batches": int(state["batches"]),
+                       "positions": {str(k): int(v) for k, v in positions.items()}}
+        self._counts = {**dict.fromkeys(COUNTER_NAMES, 0), **state.get("counts", {})}
+
+
+def build_train_loader(sources, *, tokenizer, image_size: int, batch_size: int, workers: int, rank: int,
+                       world_size: int, seed: int, resampled: bool = False, shuffle_buffer: int = 1000,
+                       context_length: int = 52, train_augment: bool = False, epoch_samples: int | None = None,
+                       weights=None, drop_last: bool = False, shard_shuffle: bool = True,
+                       storage_options: dict | None = None, prefetch_factor: int = 2,
+                       mp_context: str | None = None) -> TrainLoader:
+    """A training loader over ``sources`` (see ``sources.py``; ``weights`` mix them in resampled mode).
+
+    ``resampled=False``: exact epochs (every sample once; last batches of a rank may be smaller unless
+    ``drop_last``). ``resampled=True``: shards drawn with replacement, ``epoch_samples`` (default: the
+    sources' total) // (world_size × batch_size) full batches per rank. ``shuffle_buffer`` is per worker,
+    in samples (memory ≈ buffer × mean encoded sample size).
+    """
+    resolved = resolve_sources(sources, weights, storage_options)
+    if not resampled and len({s.weight for s in resolved}) > 1:
+        log.warning("source weights only apply to resampled epochs; exact epochs read every sample once")
+    shards = [shard for source in resolved for shard in source.shards]
+    layout = st.Layout(world_size, workers, batch_size, "resampled" if resampled else "exact", drop_last, seed)
+    cfg = TrainConfig(shards, [s.weight for s in resolved for _ in s.shards], layout, rank, tokenizer, image_size,
+                      context_length, train_augment, shuffle_buffer, shard_shuffle, epoch_samples,
+                      dict(storage_options or {}))
+    return TrainLoader(cfg, workers=workers, prefetch_factor=prefetch_factor, mp_context=mp_context)
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+class EvalLoader:
+    """Iterable of eval batches (see ``eval_reader.py``); ``samples`` is the split's total over all ranks."""
+
+    def __init__(self, stream: IterableDataset, samples: int | None, workers: int, mp_context: str | None):
+        self.stream, self.samples, self.workers, self.mp_context = stream, samples, workers, mp_context
+        self._counts = dict.fromkeys(COUNTER_NAMES, 0)
+
+    def __iter__(self):
+        batches = self.stream if self.workers == 0 else DataLoader(
+            self.stream, batch_size=None, num_workers=self.workers, pin_memory=torch.cuda.is_available(),
+            multiprocessing_context=self.mp_context)
+        for batch in batches:
+            for name, n in batch.pop("_loader")["counts"].items():
+                self._counts[name] += n
+            batch["texts"] = [[tuple(t) for t in texts] for texts in batch["texts"]]  # workers send lists
+            yield batch
+
+    def stats(self) -> dict:
+        return dict(self._counts)
+
+
+def _seed_layout(sources, split: str | None) -> tuple[str, str] | None:
+    """(images tsv, texts jsonl) if ``sources`` names a Chinese-CLIP seed folder or its ``*_imgs.tsv``."""
+    if not isinstance(sources, str) or "::" in sources or "://" in sources.replace("file://", ""):
+        return None
+    path = sources.removeprefix("file://")
+    if path.endswith("_imgs.tsv"):
+        return path, path[: -len("_imgs.tsv")] + "_texts.jsonl"
+    if split and os.path.isfile(os.path.join(path, f"{split}_imgs.tsv")):
+        return os.path.join(path, f"{split}_imgs.tsv"), os.path.join(path, f"{split}_texts.jsonl")
+    return None
+
+
+def build_eval_loader(sources, *, image_size: int, batch_size: int, workers: int, rank: int, world_size: int,
+                      split: str | None = None, storage_options: dict | None = None,
+                      mp_context: str | None = None) -> EvalLoader:
+    """Every image sample once across ranks, no shuffle. ``sources``: shard sources as for training, or a
+    seed folder with ``split`` (``DIR`` + ``"valid"`` reads ``DIR/valid_imgs.tsv`` + ``DIR/valid_texts.jsonl``),
+    or the path of a ``{split}_imgs.tsv``."""
+    common = dict(image_size=image_size, batch_size=batch_size, rank=rank, world_size=world_size, workers=workers)
+    seed = _seed_layout(sources, split)
+    if seed is not None:
+        for path in seed:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"seed-layout file not found: {path}")
+        return EvalLoader(SeedEvalStream(*seed, **common), None, workers, mp_context)
+    shards = [s for source in resolve_sources(sources, None, storage_options) for s in source.shards]
+    stream = ShardEvalStream(shards, dict(storage_options or {}), **common)
+    return EvalLoader(stream, sum(s.samples for s in shards), workers, _mp_context(shards, mp_context))
