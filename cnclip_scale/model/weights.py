@@ -37,7 +37,7 @@ from .configs import TEXT_CONFIGS, VISION_CONFIGS, CLIPConfig, TextConfig, Visio
 from .transforms import MEAN, STD
 
 NATIVE_FORMAT = "cnclip_scale.native/1"
-FORMATS = ("official", "hf", "native")
+FORMATS = ("official", "hf", "native")  # what we write; we also read DeepSpeed checkpoint dirs ("deepspeed")
 
 # (official name, native name) for one ViT block; the in_proj/qkv pair has the same layout (q, k, v stacked).
 _BLOCK_OFFICIAL = [("ln_1", "norm1"), ("attn.in_proj_weight", "attn.qkv.weight"), ("attn.in_proj_bias", "attn.qkv.bias"),
@@ -250,12 +250,15 @@ def _named(config: CLIPConfig, name: str | None) -> CLIPConfig:
 def detect_format(path: str | Path) -> str:
     path = Path(path)
     if path.is_dir():
+        if _deepspeed_tag(path) is not None:
+            return "deepspeed"
         if (path / "config.json").exists():
             model_type = json.loads((path / "config.json").read_text()).get("model_type")
             if model_type == "chinese_clip":
                 return "hf"
             raise WeightsError(f"{path}/config.json: model_type {model_type!r} is not 'chinese_clip'")
-        raise WeightsError(f"{path}: a directory without config.json (expected a Hugging Face ChineseCLIPModel dir)")
+        raise WeightsError(f"{path}: neither a Hugging Face ChineseCLIPModel dir (config.json) nor a DeepSpeed checkpoint "
+                           "dir (a 'latest' file or *model_states.pt)")
     if not path.exists():
         raise WeightsError(f"{path}: no such file or directory")
     if path.suffix == ".safetensors":
@@ -267,7 +270,9 @@ def read_checkpoint(path: str | Path, name: str | None = None) -> tuple[dict[str
     """Any supported checkpoint → (native fp32 state dict, config, detected format)."""
     path = Path(path)
     fmt = detect_format(path)
-    if fmt == "hf":
+    if fmt == "deepspeed":
+        sd, config = _read_deepspeed(path, name)
+    elif fmt == "hf":
         config = config_from_hf(json.loads((path / "config.json").read_text()), name)
         sd = hf_to_native(_read_hf_weights(path))
     elif fmt == "native":
@@ -287,6 +292,50 @@ def read_checkpoint(path: str | Path, name: str | None = None) -> tuple[dict[str
         sd = official_to_native(sd)
         config = infer_config(sd, name)
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, config, fmt
+
+
+def _deepspeed_tag(path: Path) -> tuple[Path, str] | None:
+    """(checkpoints root, tag) for a trainer checkpoint dir (root with a 'latest' pointer) or one tag dir."""
+    if (path / "latest").is_file():
+        return path, (path / "latest").read_text().strip()
+    if _model_states_file(path) is not None:
+        return path.parent, path.name
+    return None
+
+
+def _model_states_file(tag_dir: Path) -> Path | None:
+    """ZeRO 0-2 write mp_rank_00_model_states.pt; ZeRO-3 one zero_pp_rank_R_mp_rank_00_model_states.pt per rank."""
+    for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"):
+        if (tag_dir / name).is_file():
+            return tag_dir / name
+    return None
+
+
+def _read_deepspeed(path: Path, name: str | None) -> tuple[dict[str, torch.Tensor], CLIPConfig]:
+    """fp32 master weights assembled from every rank's ZeRO partition (DeepSpeed's zero_to_fp32), read without
+    executing pickle. DeepSpeed is imported only here: the model itself never needs it."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from ..safe_load import deepspeed_safe_load
+
+    root, tag = _deepspeed_tag(path)
+    states = _model_states_file(root / tag)
+    if states is None:
+        raise WeightsError(f"{root / tag}: no DeepSpeed model states file (incomplete checkpoint?)")
+    with deepspeed_safe_load():
+        try:
+            meta = torch.load(states, map_location="cpu")
+        except Exception as e:  # noqa: BLE001
+            raise WeightsError(f"{states}: not a loadable DeepSpeed checkpoint: {str(e).splitlines()[0]}") from None
+        if list((root / tag).glob("*optim_states.pt")):
+            sd = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+        else:  # ZeRO-0: the module state is the master copy
+            sd = meta["module"]
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    if "model_config" in meta:
+        config = CLIPConfig.from_dict(meta["model_config"])
+        return sd, (replace(config, name=name) if name else config)
+    return sd, infer_config(sd, name)
 
 
 def _torch_load(path: Path):

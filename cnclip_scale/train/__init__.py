@@ -1,0 +1,1 @@
+"""Training: config, loss, optimiser, the DeepSpeed engine wrapper and the loop (see ``loop.train``)."""

@@ -1,0 +1,237 @@
+"""The training loop: read top to bottom, it is the whole run.
+
+set up ranks → model (+ init weights, freezing) → data → DeepSpeed engine → resume → steps (forward, local InfoNCE,
+backward, step, clamp logit_scale, log, validate, checkpoint) → final checkpoint and fp32 export.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .. import dist as dist_env
+from ..model.clip import build_model
+from ..model.configs import model_config
+from ..model.tokenizer import Tokenizer
+from ..model.transforms import normalize_batch
+from ..model.weights import load_native_into, read_checkpoint, write_native
+from . import engine as eng
+from .config import RunConfig, save_config
+from .logs import MetricsSink, setup_logging, train_line, valid_line
+from .loss import clip_loss, ids_to_tensor
+from .optim import freeze
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": _jsonable(random.getstate()), "numpy": _jsonable(np.random.get_state()),
+             "torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_tupled(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+
+
+def _jsonable(x):
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (tuple, list)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _tupled(x):
+    return tuple(_tupled(v) for v in x) if isinstance(x, list) else x
+
+
+def _build_model(cfg: RunConfig, log):
+    overrides = {"image_size": cfg.model.image_size} if cfg.model.image_size else {}
+    model = build_model(model_config(cfg.model.name, **overrides), grad_checkpointing=cfg.model.grad_checkpointing)
+    if cfg.model.init:
+        sd, _, fmt = read_checkpoint(cfg.model.init)
+        load_native_into(model, sd)
+        log.info(f"initialised from {cfg.model.init} ({fmt} format)")
+    freeze(model, vision=cfg.train.freeze_vision, text=cfg.train.freeze_text)
+    return model
+
+
+def _loader(cfg: RunConfig, sources: list[str], tokenizer: Tokenizer, image_size: int, *, train: bool):
+    from ..data.pipeline import build_train_loader  # data imports stay out of the model/optimiser unit tests
+
+    return build_train_loader(
+        sources, tokenizer=tokenizer, image_size=image_size,
+        batch_size=cfg.data.batch_size if train else cfg.data.valid_batch_size, workers=cfg.data.workers,
+        rank=dist.get_rank(), world_size=dist.get_world_size(), seed=cfg.train.seed,
+        resampled=cfg.data.resampled and train, shuffle_buffer=cfg.data.shuffle_buffer if train else 0,
+        context_length=cfg.model.context_length, train_augment=cfg.data.augment and train,
+        epoch_samples=cfg.data.epoch_samples if train else None, weights=cfg.data.train_weights if train else None)
+
+
+def _step_inputs(batch: dict, device, dtype, false_negatives: bool):
+    images = normalize_batch(batch["images"].to(device, non_blocking=True), dtype)
+    ids = batch["input_ids"].to(device, non_blocking=True)
+    mask = batch["attention_mask"].to(device, non_blocking=True)
+    pair_ids = (ids_to_tensor(batch["image_ids"], device), ids_to_tensor(batch["text_ids"], device)) \
+        if false_negatives else (None, None)
+    return images, ids, mask, pair_ids
+
+
+def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: v / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+
+
+@torch.no_grad()
+def validate(engine, loader, device, dtype, cfg: RunConfig) -> dict[str, float]:
+    engine.eval()
+    totals = {"valid_loss": 0.0, "valid_i2t_acc": 0.0, "valid_t2i_acc": 0.0}
+    batches = 0
+    loader.set_epoch(0)
+    for batch in loader:
+        images, ids, mask, (image_ids, text_ids) = _step_inputs(batch, device, dtype, cfg.train.false_negatives)
+        img, txt, scale = engine(images, ids, mask)
+        out = clip_loss(img.float(), txt.float(), scale.float(), image_ids, text_ids)
+        for key, value in zip(totals, (out["loss"], out["i2t_acc"], out["t2i_acc"])):
+            totals[key] += value.item()
+        batches += 1
+    engine.train()
+    return _mean_over_ranks({k: v / max(1, batches) for k, v in totals.items()})
+
+
+def train(cfg: RunConfig) -> dict:
+    info = dist_env.detect()
+    dist_env.export_env(info)
+    eng.init_distributed()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    out_dir = Path(cfg.train.output_dir)
+    log = setup_logging(out_dir, rank)
+    log.info(f"launcher={info.launcher} world_size={world} precision={cfg.deepspeed.precision} "
+             f"zero_stage={cfg.deepspeed.zero_stage} model={cfg.model.name}")
+    seed_everything(cfg.train.seed)  # identical init on every rank (DeepSpeed also broadcasts rank 0's weights)
+    model = _build_model(cfg, log)
+    init_dir = cfg.model.init if cfg.model.init and Path(cfg.model.init).is_dir() else None
+    tokenizer = Tokenizer.for_model_dir(init_dir, cfg.model.context_length)
+    train_loader = _loader(cfg, cfg.data.train, tokenizer, model.image_size, train=True)
+    valid_loader = _loader(cfg, cfg.data.valid, tokenizer, model.image_size, train=False) if cfg.data.valid else None
+    steps_per_epoch = train_loader.batches_per_epoch
+    max_steps = cfg.optim.max_steps or cfg.optim.max_epochs * steps_per_epoch
+    engine = eng.build_engine(model, cfg, max_steps)
+    device, dtype = engine.device, eng.input_dtype(cfg)
+    if rank == 0:
+        save_config(cfg, out_dir / "config.yaml")
+
+    step, epoch, epoch_batches = 0, 0, 0
+    resume = eng.find_resume(cfg.train.resume, out_dir)
+    if resume is not None:
+        client, rank_state = eng.load(engine, *resume)
+        step, epoch, epoch_batches = client["step"], client["epoch"], client["epoch_batches"]
+        train_loader.load_state_dict(rank_state["data"])
+        set_rng_state(rank_state["rng"])
+        log.info(f"resumed from {resume[0] / resume[1]} at step {step} (epoch {epoch + 1}, batch {epoch_batches})")
+    else:
+        seed_everything(cfg.train.seed + 1000 * rank)  # per-rank dropout streams
+        train_loader.set_epoch(epoch)
+
+    sink = MetricsSink(out_dir, rank == 0)
+    global_batch = cfg.data.batch_size * world
+
+    def checkpoint():
+        client = {"step": step, "epoch": epoch, "epoch_batches": epoch_batches, "model_config": model.config.to_dict(),
+                  "run_config": cfg.to_dict()}
+        rank_state = {"data": train_loader.state_dict(), "rng": rng_state()}
+        path = eng.save(engine, out_dir, step, client, rank_state, cfg.train.keep_last)
+        log.info(f"saved checkpoint {path}")
+
+    last_saved = step
+    tick = time.time()
+    while step < max_steps:
+        for batch in train_loader:
+            data_time = time.time() - tick
+            images, ids, mask, (image_ids, text_ids) = _step_inputs(batch, device, dtype, cfg.train.false_negatives)
+            img, txt, scale = engine(images, ids, mask)
+            out = clip_loss(img.float(), txt.float(), scale.float(), image_ids, text_ids)
+            if cfg.deepspeed.precision != "fp16" and not eng.check_finite(out["loss"]):
+                # fp16 overflow is the loss scaler's job (the step is skipped and counted); elsewhere it is fatal.
+                raise NonFiniteLoss(f"non-finite loss at step {step + 1} ({cfg.deepspeed.precision}); stopping. The "
+                                    f"last good checkpoint is in {eng.checkpoint_dir(out_dir)} (step {last_saved}).")
+            engine.backward(out["loss"])
+            engine.step()
+            logit_scale = eng.clamp_logit_scale(engine)
+            step += 1
+            epoch_batches += 1
+            batch_time = time.time() - tick
+            if step % cfg.train.log_every == 0 or step == max_steps:
+                metrics = _mean_over_ranks({k: v.item() for k, v in out.items()})
+                metrics.update(
+                    step=step, max_steps=max_steps, epoch=epoch, epoch_samples=epoch_batches * global_batch,
+                    samples_per_epoch=steps_per_epoch * global_batch, data_time=data_time, batch_time=batch_time,
+                    lr=engine.get_lr()[0], logit_scale=logit_scale, global_batch_size=global_batch,
+                    samples_per_s=global_batch / max(batch_time, 1e-9), skipped_steps=engine.skipped_steps,
+                    loss_scale=engine.optimizer.cur_scale if cfg.deepspeed.precision == "fp16" else 1.0,
+                    **{f"data_{k}": v for k, v in train_loader.stats().items()})
+                log.info(train_line(metrics))
+                sink.write("train", metrics)
+            if valid_loader is not None and cfg.train.valid_every and step % cfg.train.valid_every == 0:
+                _run_validation(engine, valid_loader, device, dtype, cfg, step, epoch, logit_scale, log, sink)
+            if cfg.train.save_every and step % cfg.train.save_every == 0:
+                checkpoint()
+                last_saved = step
+            tick = time.time()
+            if step >= max_steps:
+                break
+        else:
+            epoch += 1
+            epoch_batches = 0
+            train_loader.set_epoch(epoch)
+
+    if valid_loader is not None and not (cfg.train.valid_every and step % cfg.train.valid_every == 0):
+        _run_validation(engine, valid_loader, device, dtype, cfg, step, epoch, eng.clamp_logit_scale(engine), log, sink)
+    if last_saved != step:
+        checkpoint()
+    export = out_dir / "model.safetensors"
+    if rank == 0:
+        export_fp32(out_dir, model.config, export)
+        log.info(f"fp32 weights written to {export}")
+    dist.barrier()
+    sink.close()
+    summary = {"step": step, "epoch": epoch, "skipped_steps": engine.skipped_steps, "export": str(export)}
+    if rank == 0:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _run_validation(engine, loader, device, dtype, cfg, step, epoch, logit_scale, log, sink) -> None:
+    metrics = validate(engine, loader, device, dtype, cfg)
+    metrics.update(step=step, epoch=epoch, logit_scale=logit_scale, valid_batch_size=cfg.data.valid_batch_size)
+    log.info(valid_line(metrics))
+    sink.write("valid", metrics)
+
+
+def export_fp32(out_dir: Path, config, path: Path) -> None:
+    """The latest checkpoint's fp32 master weights (assembled from every rank's ZeRO partition) as a native file."""
+    sd, _, _ = read_checkpoint(eng.checkpoint_dir(out_dir))
+    write_native(sd, config, path)
