@@ -74,8 +74,10 @@ class Destination:
         try:
             yield f
         except BaseException:
-            # Closing would complete a multipart upload of a partial shard; discard aborts it.
+            # Closing would complete a multipart upload of a partial shard; discard aborts it, and
+            # marking the file closed stops its finaliser from trying to flush again.
             getattr(f, "discard", lambda: None)()
+            f.closed = True
             raise
         f.close()
 

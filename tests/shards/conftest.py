@@ -34,10 +34,14 @@ def convert(*args) -> int:
     return main([str(a) for a in args])
 
 
-def run_tool(*args, timeout=120, env=None):
-    """Run tools/to_shards.py as a user would; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, str(REPO / "tools" / "to_shards.py"), *map(str, args)],
+def run_tool(*args, timeout=120, env=None, tool="to_shards.py"):
+    """Run tools/to_shards.py (or another tool) as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, str(REPO / "tools" / tool), *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def run_inspect(*args, **kwargs):
+    return run_tool(*args, tool="inspect_shards.py", **kwargs)
 
 
 def read_tar_samples(paths):

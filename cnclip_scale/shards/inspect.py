@@ -1,0 +1,158 @@
+"""`python tools/inspect_shards.py URL-or-manifest [--verify] [--show N] [--montage out.png]`
+
+Reads a split written by to_shards (local or any fsspec URL): prints its counts, checks every shard is
+there at its recorded size (and with --verify, its sha256 and sample count against the stats),
+decodes N samples and prints id and captions, and draws a PNG contact sheet.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import io
+import json
+import sys
+import tarfile
+from typing import Iterator
+
+from cnclip_scale.shards.writer import Destination, DestinationError, describe_storage_error
+
+THUMB = 160
+
+
+def iter_samples(dest: Destination, rel: str) -> Iterator[dict]:
+    """Samples of one shard as {"__key__", ext: bytes}, streaming (members of a sample are adjacent)."""
+    current: dict = {}
+    with dest.fs.open(dest.path(rel), "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        for member in tar:
+            key, ext = member.name.split(".", 1)
+            if current and current["__key__"] != key:
+                yield current
+                current = {}
+            current["__key__"] = key
+            current[ext] = tar.extractfile(member).read()
+    if current:
+        yield current
+
+
+def verify_shard(dest: Destination, split: str, entry: dict) -> list[str]:
+    """Problems with one shard: sha256, bytes and sample count against the manifest and its stats."""
+    sha, size, samples = hashlib.sha256(), 0, 0
+    with dest.fs.open(dest.path(f"{split}/{entry['shard']}"), "rb") as f:
+        while chunk := f.read(8 << 20):
+            sha.update(chunk)
+            size += len(chunk)
+    samples = sum(1 for _ in iter_samples(dest, f"{split}/{entry['shard']}"))
+    stats = dest.read_json(f"{split}/{entry['shard'].replace('.tar', '.stats.json')}") or {}
+    problems = []
+    for what, got, want in (("sha256", sha.hexdigest(), entry["sha256"]), ("bytes", size, entry["bytes"]),
+                            ("samples", samples, entry["samples"]), ("stats sha256", sha.hexdigest(), stats.get("sha256"))):
+        if got != want:
+            problems.append(f"{entry['shard']}: {what} {got} != recorded {want}")
+    return problems
+
+
+def _cjk_font(size: int):
+    from PIL import ImageFont
+
+    import matplotlib  # its font list covers fonts installed the usual ways
+    candidates = [p for pattern in ("/usr/share/fonts/**/*CJK*", "/usr/share/fonts/**/*wqy*", "/usr/share/fonts/**/*Hei*",
+                                    "/usr/share/fonts/**/*Song*") for p in glob.glob(pattern, recursive=True)]
+    candidates += [p for p in glob.glob(matplotlib.get_data_path() + "/fonts/ttf/*") if "CJK" in p]
+    for path in candidates:
+        try:
+            return ImageFont.truetype(path, size)
+        except OSError:
+            continue
+    return None
+
+
+def montage(samples: list[dict], out_path: str, columns: int = 4) -> bool:
+    """Contact sheet of thumbnails with id and caption; returns whether a CJK font drew the captions."""
+    from PIL import Image, ImageDraw, ImageFont
+    from PIL.PngImagePlugin import PngInfo
+
+    font = _cjk_font(14)
+    fallback = ImageFont.load_default()
+    rows = -(-len(samples) // columns)
+    sheet = Image.new("RGB", (columns * (THUMB + 10), rows * (THUMB + 50)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, s in enumerate(samples):
+        x, y = (k % columns) * (THUMB + 10) + 5, (k // columns) * (THUMB + 50) + 5
+        image = Image.open(io.BytesIO(s["image"])).convert("RGB")
+        image.thumbnail((THUMB, THUMB))
+        sheet.paste(image, (x, y))
+        meta = json.loads(s["json"])
+        draw.text((x, y + THUMB + 2), f"id {meta['image_id']}", fill="black", font=fallback)
+        if font is not None and meta["texts"]:
+            draw.text((x, y + THUMB + 18), meta["texts"][0]["text"][:11], fill="black", font=font)
+    info = PngInfo()
+    info.add_itxt("captions", json.dumps([json.loads(s["json"]) for s in samples], ensure_ascii=False))
+    sheet.save(out_path, pnginfo=info)
+    return font is not None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="inspect_shards", description=__doc__.splitlines()[0])
+    p.add_argument("url", help="split folder (local or s3://...) or its manifest.json")
+    p.add_argument("--verify", action="store_true", help="re-hash every shard and count its samples")
+    p.add_argument("--show", type=int, default=0, metavar="N", help="decode N samples and print id and captions")
+    p.add_argument("--montage", metavar="OUT.png", help="write a contact sheet of the shown samples (16 if --show 0)")
+    p.add_argument("--storage-options", default=None, help="JSON for fsspec (endpoint_url, key, secret)")
+    args = p.parse_args(argv)
+    url = args.url[: -len("manifest.json")] if args.url.endswith("manifest.json") else args.url
+    parent, _, split = url.rstrip("/").rpartition("/")
+    try:
+        dest = Destination(parent or ".", json.loads(args.storage_options) if args.storage_options else {})
+        manifest = dest.read_json(f"{split}/manifest.json")
+        if manifest is None:
+            raise DestinationError(f"no readable manifest.json at {url} (not converted, or still running)")
+        return _report(dest, split, manifest, args)
+    except DestinationError as err:
+        print(f"inspect_shards: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        print(f"inspect_shards: error: {describe_storage_error(err, url)}", file=sys.stderr)
+        return 2
+
+
+def _report(dest: Destination, split: str, manifest: dict, args) -> int:
+    t = manifest["totals"]
+    print(f"{split}: {t['shards']} shards, {t['samples']} samples (group={manifest['group']}), {t['images']} images, "
+          f"{t['texts']} texts, {t['pairs']} pairs, {t['bytes'] / 1e6:.1f} MB")
+    for kind, row in manifest["records"].items():
+        print(f"  {kind}: input {row['input']} = written {row['written']} + rejected {row['rejected']}"
+              + (f"  {manifest['rejects'].get(kind, {})}" if row["rejected"] else ""))
+    on_disk = dest.list_sizes(split)
+    problems = [f"{e['shard']}: missing" if e["shard"] not in on_disk else
+                f"{e['shard']}: {on_disk[e['shard']]} bytes, recorded {e['bytes']}"
+                for e in manifest["shards"] if on_disk.get(e["shard"]) != e["bytes"]]
+    if args.verify and not problems:
+        for entry in manifest["shards"]:
+            problems += verify_shard(dest, split, entry)
+    print("\n".join(f"  PROBLEM {p}" for p in problems) if problems else
+          f"  all {t['shards']} shards present" + (", sha256 and sample counts match" if args.verify else ""))
+    wanted = args.show or (16 if args.montage else 0)
+    shown = []
+    for entry in manifest["shards"]:
+        for sample in iter_samples(dest, f"{split}/{entry['shard']}"):
+            if len(shown) == wanted:
+                break
+            image_ext = next(k for k in sample if k not in ("__key__", "json"))
+            sample["image"] = sample[image_ext]
+            shown.append(sample)
+        if len(shown) == wanted:
+            break
+    if args.show:
+        from PIL import Image
+
+        for s in shown:
+            meta, image = json.loads(s["json"]), Image.open(io.BytesIO(s["image"]))
+            image.load()
+            captions = " | ".join(f"[{x['text_id']}] {x['text']}" for x in meta["texts"]) or "(no captions)"
+            print(f"  {s['__key__']}: image {meta['image_id']} {image.format} {image.size[0]}x{image.size[1]}: {captions}")
+    if args.montage:
+        drew_captions = montage(shown, args.montage)
+        print(f"  montage of {len(shown)} samples -> {args.montage}" + (
+            "" if drew_captions else " (no CJK font here: ids drawn; captions are in the PNG's 'captions' text chunk)"))
+    return 1 if problems else 0
