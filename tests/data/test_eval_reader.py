@@ -1,0 +1,61 @@
+"""The evaluation reader: every image once across ranks × workers, all its captions, no shuffle;
+from shards or straight from a Chinese-CLIP seed folder."""
+import os
+
+import pytest
+import torch
+
+from cnclip_scale.data.pipeline import build_eval_loader
+
+
+def _read(source, world=2, workers=2, **kw):
+    per_rank = []
+    for rank in range(world):
+        loader = build_eval_loader(source, image_size=32, batch_size=4, workers=workers, rank=rank,
+                                   world_size=world, **kw)
+        per_rank.append(list(loader))
+    return per_rank
+
+
+def _check(per_rank, truth):
+    images = {}
+    for batches in per_rank:
+        for b in batches:
+            assert b["images"].dtype == torch.uint8 and b["images"].shape[1:] == (3, 32, 32)
+            assert len(b["images"]) == len(b["image_ids"]) == len(b["texts"]) <= 4
+            for image_id, texts in zip(b["image_ids"], b["texts"]):
+                assert image_id not in images                      # exactly once across ranks
+                images[image_id] = texts
+    expected = {i: [(str(t), s) for t, s in c] for i, c in truth.captions().items()}
+    assert images == expected                                       # every image, with all its captions
+
+
+@pytest.mark.parametrize("world,workers", [(2, 2), (3, 0), (1, 1)])
+def test_shards_every_image_once_with_all_captions(uneven, world, workers):
+    _check(_read(uneven.manifest_url, world, workers), uneven.truth)
+
+
+def test_reading_order_is_manifest_order_without_shuffle(uneven):
+    (batches,) = _read(uneven.url, world=1, workers=0)
+    assert [i for b in batches for i in b["image_ids"]] == list(uneven.truth.images)
+
+
+def test_seed_folder_reads_the_same_as_its_shards(uneven):
+    _check(_read(uneven.seed_dir, split="train"), uneven.truth)
+    _check(_read(os.path.join(uneven.seed_dir, "train_imgs.tsv")), uneven.truth)
+    from_seed = [b["images"] for b in _read(uneven.seed_dir, world=1, workers=0, split="train")[0]]
+    from_shards = [b["images"] for b in _read(uneven.url, world=1, workers=0)[0]]
+    assert torch.equal(torch.cat(from_seed), torch.cat(from_shards))   # same pixels either way
+
+
+def test_more_ranks_than_images_does_not_fail(uneven):
+    per_rank = _read(uneven.url, world=20, workers=0)
+    assert sum(len(b["image_ids"]) for batches in per_rank for b in batches) == 17
+    assert any(not batches for batches in per_rank)
+
+
+def test_missing_seed_file_is_an_error(tmp_path):
+    (tmp_path / "valid_imgs.tsv").write_text("")
+    with pytest.raises(FileNotFoundError, match="valid_texts.jsonl"):
+        build_eval_loader(str(tmp_path / "valid_imgs.tsv"), image_size=32, batch_size=4, workers=0, rank=0,
+                          world_size=1)

@@ -1,0 +1,151 @@
+"""The training loader in one process (ranks simulated by the `rank` argument; real multi-process runs
+are in tests/integration): batch format, exact and resampled epochs, caption choice, mixing, resume."""
+import io
+import json
+import logging
+
+import pytest
+import torch
+from PIL import Image
+
+from cnclip_scale.data.decode import decode_image
+from cnclip_scale.data.pipeline import build_train_loader
+
+
+def _loader(shards, tokenizer, rank=0, world=2, workers=2, **kw):
+    args = dict(tokenizer=tokenizer, image_size=32, batch_size=3, workers=workers, rank=rank, world_size=world,
+                seed=7, shuffle_buffer=4)
+    return build_train_loader(shards, **{**args, **kw})
+
+
+def _keys(loader):
+    return [batch["keys"] for batch in loader]
+
+
+def test_batches_have_the_documented_format(uneven, tokenizer):
+    captions = uneven.truth.captions()
+    batch = next(iter(_loader(uneven.url, tokenizer, context_length=20)))
+    assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (3, 3, 32, 32)
+    assert batch["input_ids"].dtype == torch.long and batch["input_ids"].shape == (3, 20)
+    assert batch["attention_mask"].dtype == torch.bool and batch["attention_mask"].shape == (3, 20)
+    assert set(batch) == {"images", "input_ids", "attention_mask", "image_ids", "text_ids", "keys"}
+    for image_id, text_id, ids in zip(batch["image_ids"], batch["text_ids"], batch["input_ids"]):
+        text = dict((str(t), s) for t, s in captions[image_id])[text_id]     # a caption of this very image
+        assert ids.tolist() == tokenizer([text], 20)[0][0].tolist()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_exact_epochs_cover_every_sample_once_with_equal_batches_per_rank(uneven, tokenizer, workers):
+    epochs = []
+    for epoch in range(2):
+        seen, counts = [], []
+        for rank in range(2):
+            loader = _loader(uneven.url, tokenizer, rank=rank, workers=workers)
+            loader.set_epoch(epoch)
+            batches = _keys(loader)
+            counts.append(len(batches))
+            seen += [k for b in batches for k in b]
+        assert counts == [loader.batches_per_epoch] * 2 == [3, 3]
+        assert sorted(seen) == sorted(uneven.keys())
+        epochs.append(seen)
+    assert epochs[0] != epochs[1]                                  # reshuffled per epoch
+
+
+def test_resampled_epochs_are_reproducible_from_the_seed(uneven, tokenizer):
+    def run(seed, rank):
+        loader = _loader(uneven.url, tokenizer, rank=rank, resampled=True, epoch_samples=30, seed=seed)
+        loader.set_epoch(1)
+        return _keys(loader)
+
+    first = [run(7, r) for r in range(2)]
+    assert [len(b) for b in first] == [5, 5] and all(len(k) == 3 for b in first for k in b)
+    assert first == [run(7, r) for r in range(2)]
+    assert first != [run(8, r) for r in range(2)]
+    assert set(k for b in first for batch in b for k in batch) <= uneven.keys()
+
+
+def test_group_image_picks_one_caption_per_visit_seeded(uneven, tokenizer):
+    def picks(seed):
+        out = []
+        for epoch in range(6):
+            loader = _loader(uneven.url, tokenizer, rank=0, world=1, workers=0, seed=seed)
+            loader.set_epoch(epoch)
+            out += [(i, t) for b in loader for i, t in zip(b["image_ids"], b["text_ids"])]
+        return out
+
+    chosen, captions = picks(3), uneven.truth.captions()
+    assert all(t in {str(tid) for tid, _ in captions[i]} for i, t in chosen)
+    multi = [i for i, c in captions.items() if len(c) > 1]
+    assert multi and any(len({t for j, t in chosen if j == i}) > 1 for i in multi)   # varies across visits
+    assert chosen == picks(3)
+
+
+def test_weights_upsample_a_source_in_resampled_mode(uneven, other, tokenizer):
+    def share(weights):
+        loader = _loader(f"{uneven.url}::{other.url}", tokenizer, world=1, workers=0, resampled=True,
+                         epoch_samples=240, weights=weights, batch_size=10)
+        ids = [i for b in loader for i in b["image_ids"]]
+        assert len(ids) == 240
+        return sum(i.startswith("2") for i in ids) / len(ids)
+
+    assert share("1::8") > share(None) + 0.25
+
+
+@pytest.mark.parametrize("mode", ["exact", "resampled"])
+@pytest.mark.parametrize("stop", [1, 2, 3, 4])
+def test_resume_continues_the_exact_key_sequence(uneven, tokenizer, mode, stop):
+    kw = dict(resampled=mode == "resampled", epoch_samples=24 if mode == "resampled" else None)
+    full = []
+    loader = _loader(uneven.url, tokenizer, **kw)
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        full += _keys(loader)
+
+    loader, got = _loader(uneven.url, tokenizer, **kw), []
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            got.append(batch["keys"])
+            if len(got) == stop:
+                break
+        if len(got) == stop:
+            break
+    saved = json.loads(json.dumps(loader.state_dict()))            # JSON round trip, as a checkpoint would
+
+    resumed = _loader(uneven.url, tokenizer, **kw)
+    resumed.load_state_dict(saved)
+    for epoch in range(resumed.epoch, 2):
+        resumed.set_epoch(epoch)
+        got += _keys(resumed)
+    assert got == full
+
+
+def test_position_counts_batches_taken_not_batches_prefetched(uneven, tokenizer):
+    loader = _loader(uneven.url, tokenizer, workers=2)
+    batches = iter(loader)
+    next(batches)
+    state = loader.state_dict()
+    assert state["batches"] == 1 and set(state["positions"]) == {"0"}
+    assert loader.stats()["batches"] == 1
+
+
+def test_state_from_another_layout_restarts_that_epoch(uneven, tokenizer, caplog):
+    loader = _loader(uneven.url, tokenizer, workers=2)
+    loader.set_epoch(1)
+    next(iter(loader))
+    other = _loader(uneven.url, tokenizer, workers=1)
+    with caplog.at_level(logging.WARNING, logger="cnclip_scale.data"):
+        other.load_state_dict(loader.state_dict())
+    assert "workers 2 -> 1" in caplog.text
+    assert other.epoch == 1 and other.state_dict()["batches"] == 0
+
+
+def test_draft_decode_reduces_large_jpegs_but_never_below_the_target():
+    big = io.BytesIO()
+    Image.new("RGB", (800, 640), (200, 30, 30)).save(big, "JPEG")
+    image = decode_image(big.getvalue(), 224)
+    assert image.mode == "RGB" and image.size == (400, 320)          # 1/2 scale: both sides stay >= 224
+    assert decode_image(big.getvalue(), 700).size == (800, 640)      # no reduction that would go below
+    small = io.BytesIO()
+    Image.new("L", (100, 80)).save(small, "PNG")
+    assert decode_image(small.getvalue(), 224).mode == "RGB"
