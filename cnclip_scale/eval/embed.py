@@ -1,0 +1,144 @@
+"""Sharded embedding of an evaluation split.
+
+Each rank embeds the images its loader share holds (the loader reads every image sample once across ranks).
+Captions arrive attached to images, and a caption naming several images may sit on several ranks, so texts
+are agreed on first: every rank sends its (text_id, text) pairs, all ranks build the same sorted list of
+unique texts, and rank r embeds the r-th contiguous slice of it — no text twice, none missed.
+
+The canonical order of a split (gallery index, file order of outputs) is images and texts sorted by id
+(numerically where ids are numbers): it does not depend on the number of ranks or loader workers.
+An image id seen twice (e.g. text-grouped shards) keeps its first occurrence (lowest rank, earliest batch).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from cnclip_scale.eval import comm
+from cnclip_scale.model.transforms import normalize_batch
+
+THUMB_SIZE = 96
+
+
+def id_key(x: str):
+    """Sort key for ids: numbers numerically, then strings."""
+    s = str(x)
+    return (0, int(s), "") if s.isdigit() else (1, 0, s)
+
+
+def json_id(x: str):
+    """Ids as the seed's tools want them: an int when the id is a plain number (its evaluation rejects strings)."""
+    s = str(x)
+    return int(s) if s.isdigit() and str(int(s)) == s else s
+
+
+@dataclass
+class Split:
+    """One rank's view of an embedded split. Image features are this rank's share; everything else is global."""
+    image_ids: list[str]                # all images, canonical order
+    image_index: torch.Tensor           # canonical index of each local row (ascending)
+    image_feats: torch.Tensor           # local rows (device, dtype)
+    text_ids: list[str]                 # all texts, canonical order
+    texts: list[str]
+    text_feats: torch.Tensor            # all texts (device, dtype)
+    gt_text: torch.Tensor               # ground-truth pairs as canonical (text index, image index)
+    gt_image: torch.Tensor
+    local_captions: dict[str, list[str]] = field(default_factory=dict)   # local image id -> caption texts
+    thumbs: dict[str, bytes] = field(default_factory=dict)               # local image id -> JPEG thumbnail
+    loader_stats: dict = field(default_factory=dict)
+
+
+def _thumbnail(image: torch.Tensor) -> bytes:
+    pil = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
+    pil.thumbnail((THUMB_SIZE, THUMB_SIZE))
+    buf = io.BytesIO()
+    pil.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    enabled = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+
+@torch.no_grad()
+def embed_texts(model, tokenizer, texts: list[str], *, device, dtype, batch_size: int = 256) -> torch.Tensor:
+    """Embeddings of ``texts`` (normalised, ``dtype`` on ``device``), this process alone."""
+    out = []
+    for s in range(0, len(texts), batch_size):
+        ids, mask = tokenizer(texts[s: s + batch_size])
+        with _autocast(device, dtype):
+            out.append(model.encode_text(ids.to(device), mask.to(device)).to(dtype))
+    dim = model.config.embed_dim
+    return torch.cat(out) if out else torch.empty(0, dim, device=device, dtype=dtype)
+
+
+def embed_texts_sharded(model, tokenizer, texts: list[str], *, device, dtype, batch_size: int = 256) -> torch.Tensor:
+    """Every rank passes the same list; rank r embeds its contiguous slice; every rank gets all rows."""
+    r, w, n = comm.rank(), comm.world(), len(texts)
+    mine = embed_texts(model, tokenizer, texts[n * r // w: n * (r + 1) // w], device=device, dtype=dtype,
+                       batch_size=batch_size)
+    return comm.gather_rows(mine)
+
+
+@torch.no_grad()
+def embed_split(model, loader, tokenizer, *, device, dtype, text_batch_size: int = 256,
+                thumbs_limit: int = 0) -> Split:
+    """Embed this rank's share of ``loader`` (an eval loader for this rank) and the split's texts.
+    Keeps up to ``thumbs_limit`` image thumbnails per rank for the report (0: none)."""
+    ids, feats, pairs, captions, thumbs = [], [], [], {}, {}
+    for batch in loader:
+        images = normalize_batch(batch["images"].to(device), dtype)
+        with _autocast(device, dtype):
+            feats.append(model.encode_image(images).to(dtype))
+        for k, (image_id, texts) in enumerate(zip(batch["image_ids"], batch["texts"])):
+            image_id = str(image_id)
+            ids.append(image_id)
+            pairs += [(str(t), text, image_id) for t, text in texts]
+            captions.setdefault(image_id, []).extend(text for _, text in texts)
+            if len(thumbs) < thumbs_limit and image_id not in thumbs:
+                thumbs[image_id] = _thumbnail(batch["images"][k])
+    feats = torch.cat(feats) if feats else torch.empty(0, model.config.embed_dim, device=device, dtype=dtype)
+
+    # Images: agree on the canonical order and on which copy of a repeated id counts.
+    every = comm.gather_objects(ids)
+    first: dict[str, tuple[int, int]] = {}
+    for r, rank_ids in enumerate(every):
+        for pos, image_id in enumerate(rank_ids):
+            first.setdefault(image_id, (r, pos))
+    image_ids = sorted(first, key=id_key)
+    image_pos = {image_id: k for k, image_id in enumerate(image_ids)}
+    me = comm.rank()
+    keep = [(image_pos[i], p) for p, i in enumerate(ids) if first[i] == (me, p)]
+    keep.sort()
+    image_index = torch.tensor([g for g, _ in keep], dtype=torch.long)
+    image_feats = feats[torch.tensor([p for _, p in keep], dtype=torch.long, device=feats.device)]
+
+    # Texts: the union of every rank's captions, deduplicated by text_id, then embedded once each.
+    text_of: dict[str, str] = {}
+    gt = set()
+    for rank_pairs in comm.gather_objects(pairs):
+        for text_id, text, image_id in rank_pairs:
+            text_of.setdefault(text_id, text)
+            gt.add((text_id, image_id))
+    text_ids = sorted(text_of, key=id_key)
+    text_pos = {t: k for k, t in enumerate(text_ids)}
+    texts = [text_of[t] for t in text_ids]
+    text_feats = embed_texts_sharded(model, tokenizer, texts, device=device, dtype=dtype, batch_size=text_batch_size)
+    gt = sorted((text_pos[t], image_pos[i]) for t, i in gt)
+    stats = loader.stats() if hasattr(loader, "stats") else {}
+    return Split(image_ids, image_index, image_feats, text_ids, texts, text_feats,
+                 torch.tensor([t for t, _ in gt], dtype=torch.long), torch.tensor([i for _, i in gt], dtype=torch.long),
+                 captions, thumbs, stats)
+
+
+def gather_images(split: Split) -> torch.Tensor:
+    """All image features in canonical order, on every rank (the all-gather mode)."""
+    index = comm.gather_rows(split.image_index.to(split.image_feats.device))
+    feats = comm.gather_rows(split.image_feats)
+    out = torch.empty(len(split.image_ids), feats.shape[1], dtype=feats.dtype, device=feats.device)
+    out[index] = feats
+    return out

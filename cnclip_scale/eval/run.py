@@ -1,0 +1,226 @@
+"""The evaluator: embed a split on every rank, rank both directions exactly, score recall, write outputs.
+
+``evaluate_retrieval`` is what the trainer calls inside its process group; ``run_evaluation`` is
+``launch/evaluate.py`` (sets up its own process group from the launcher's environment, writes files).
+Two modes: all-gather (every rank holds all features; queries split over ranks on a fixed grid) and
+gallery-sharded (image features stay on their rank; local top-k candidates are gathered and merged).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from cnclip_scale import dist as launch_env
+from cnclip_scale.eval import comm, outputs, report, zeroshot
+from cnclip_scale.eval.embed import Split, embed_split, gather_images, json_id
+from cnclip_scale.eval.retrieval import recall, sharded_topk, split_topk, topk
+
+log = logging.getLogger("cnclip_scale.eval")
+RECALL_K = 10  # recall is always reported at 1/5/10, whatever top-k the prediction files keep
+
+
+@dataclass
+class Retrieval:
+    split: Split
+    t2i_index: torch.Tensor      # texts × K canonical image indices, every rank
+    i2t_index: torch.Tensor      # images × K canonical text indices, every rank
+    t2i: dict
+    i2t: dict
+    image_feats: torch.Tensor | None   # all images (all-gather mode) else None
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def retrieve(model, loader, tokenizer, *, device, dtype, top_k: int = 10, gallery_sharded: bool = False,
+             thumbs_limit: int = 0) -> Retrieval:
+    k = max(top_k, RECALL_K)
+    was_training = model.training
+    model.eval()
+    try:
+        split = embed_split(model, loader, tokenizer, device=device, dtype=dtype, thumbs_limit=thumbs_limit)
+    finally:
+        model.train(was_training)
+    n_images, n_texts = len(split.image_ids), len(split.texts)
+    if gallery_sharded:
+        _, t2i = sharded_topk(split.text_feats, split.image_feats, split.image_index, k)
+        _, local = topk(split.image_feats, split.text_feats, k)           # my images against every text
+        rows, local = comm.gather_rows(split.image_index), comm.gather_rows(local)
+        i2t = torch.empty_like(local)
+        i2t[rows] = local
+        image_feats = None
+    else:
+        image_feats = gather_images(split)
+        _, t2i = split_topk(split.text_feats, image_feats, k)
+        _, i2t = split_topk(image_feats, split.text_feats, k)
+    return Retrieval(split, t2i, i2t, recall(t2i, split.gt_text, split.gt_image, n_images),
+                     recall(i2t, split.gt_image, split.gt_text, n_texts), image_feats)
+
+
+def evaluate_retrieval(model, data, tokenizer, *, device=None, dtype=None, top_k: int = 10, batch_size: int = 64,
+                       workers: int = 0, split: str | None = None, gallery_sharded: bool = False) -> dict:
+    """Text→image and image→text recall of ``model`` on ``data`` (an eval loader for this rank, or sources for
+    ``build_eval_loader``), inside an initialised process group (or none). Same dict on every rank:
+    ``{"t2i": {"r1","r5","r10","mean_recall","score","queries"}, "i2t": {...}, "images", "texts", "pairs"}``."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    dtype = dtype or default_dtype(device)
+    if not hasattr(data, "__iter__") or isinstance(data, (str, list, tuple)):
+        from cnclip_scale.data.pipeline import build_eval_loader
+        data = build_eval_loader(data, image_size=model.image_size, batch_size=batch_size, workers=workers,
+                                 rank=comm.rank(), world_size=comm.world(), split=split)
+    res = retrieve(model, data, tokenizer, device=device, dtype=dtype, top_k=top_k, gallery_sharded=gallery_sharded)
+    return {"t2i": res.t2i, "i2t": res.i2t, "images": len(res.split.image_ids), "texts": len(res.split.texts),
+            "pairs": int(res.split.gt_text.numel())}
+
+
+# --------------------------------------------------------------------------------------- the command
+
+def init_process_group() -> tuple[launch_env.RankInfo, torch.device, bool]:
+    """Process group from the launcher's environment (torchrun, deepspeed, srun, or none): gloo on CPU,
+    nccl on GPU. Plain torch.distributed: DeepSpeed's init would JIT-compile its shm comm for nothing."""
+    info = launch_env.detect()
+    device = torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if dist.is_initialized():
+        return info, device, False
+    launch_env.export_env(info)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
+                            **({"device_id": device} if device.type == "cuda" else {}))
+    return info, device, True
+
+
+def _write_features(args, res: Retrieval, out: str) -> None:
+    s, me, w = res.split, comm.rank(), comm.world()
+    imgs, txts = f"{args.split}_imgs", f"{args.split}_texts"
+    local_ids = [s.image_ids[i] for i in s.image_index.tolist()]
+    if res.image_feats is not None:
+        if me == 0:
+            outputs.save_npy(out, imgs, "img", res.image_feats, s.image_ids)
+    else:  # gallery-sharded: no rank holds every image; each writes its part
+        outputs.save_npy(out, f"{imgs}.part{me:05d}-of-{w:05d}", "img", s.image_feats, local_ids)
+    if me == 0:
+        outputs.save_npy(out, txts, "txt", s.text_feats, s.text_ids)
+    if not args.save_features:
+        return
+    path = os.path.join(out, f"{imgs}.img_feat.jsonl")
+    if res.image_feats is not None:
+        if me == 0:
+            outputs.write_features_jsonl(path, "image_id", s.image_ids, res.image_feats)
+    else:  # ranks append their parts in turn (one file, rank order)
+        for r in range(w):
+            if r == me:
+                outputs.write_features_jsonl(path, "image_id", local_ids, s.image_feats, mode="w" if r == 0 else "a")
+            comm.barrier()
+    if me == 0:
+        outputs.write_features_jsonl(os.path.join(out, f"{txts}.txt_feat.jsonl"), "text_id", s.text_ids, s.text_feats)
+
+
+def _report(args, res: Retrieval, zs: dict | None, facts: dict, out: str) -> None:
+    """Rank 0 picks the queries; each rank sends the thumbnails it holds of the images shown."""
+    s, k = res.split, min(args.top_k, RECALL_K)
+    has_text = torch.bincount(s.gt_image, minlength=len(s.image_ids)).gt(0).tolist()
+    text_q, image_q = report.pick_queries(len(s.texts), len(s.image_ids), has_text)
+    truth = set(zip(s.gt_text.tolist(), s.gt_image.tolist()))
+    shown = {s.image_ids[g] for t in text_q for g in res.t2i_index[t, :k].tolist() if g >= 0}
+    shown |= {s.image_ids[i] for i in image_q}
+    thumbs = {}
+    for part in comm.gather_objects({i: b for i, b in s.thumbs.items() if i in shown}):
+        thumbs.update(part)
+    if comm.rank() != 0:
+        return
+    texts = [(s.text_ids[t], s.texts[t], [(s.image_ids[g], (t, g) in truth) for g in res.t2i_index[t, :k].tolist() if g >= 0])
+             for t in text_q]
+    images = [(s.image_ids[i], [(s.texts[t], (t, i) in truth) for t in res.i2t_index[i, :report.TEXTS_SHOWN].tolist() if t >= 0])
+              for i in image_q]
+    page = report.render(title=f"cnclip_scale evaluation — {args.split}", facts=facts, t2i=res.t2i, i2t=res.i2t,
+                         zeroshot=zs, text_queries=texts, image_queries=images, thumbs=thumbs)
+    Path(out, "report.html").write_text(page, encoding="utf-8")
+
+
+def run_evaluation(args) -> dict:
+    """``launch/evaluate.py``: see its ``--help``. Returns the summary (every rank)."""
+    from cnclip_scale.data.pipeline import build_eval_loader
+    from cnclip_scale.model.tokenizer import Tokenizer
+    from cnclip_scale.model.weights import load_model
+
+    info, device, created = init_process_group()
+    try:
+        times = {}
+        t0 = time.perf_counter()
+        dtype = {"auto": default_dtype(device), "fp32": torch.float32, "fp16": torch.float16,
+                 "bf16": torch.bfloat16}[args.precision]
+        model = load_model(args.checkpoint).to(device)
+        ckpt_dir = args.checkpoint if os.path.isdir(args.checkpoint) else None
+        tokenizer = Tokenizer.for_model_dir(ckpt_dir, min(args.context_length, model.config.text.max_position_embeddings))
+        loader = build_eval_loader(args.data, image_size=model.image_size, batch_size=args.batch_size,
+                                   workers=args.workers, rank=comm.rank(), world_size=comm.world(), split=args.split)
+        times["load"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        res = retrieve(model, loader, tokenizer, device=device, dtype=dtype, top_k=args.top_k,
+                       gallery_sharded=args.gallery_sharded, thumbs_limit=0 if args.no_report else args.thumbs_limit)
+        times["embed_and_rank"] = time.perf_counter() - t0
+        zs = None
+        if args.zeroshot_classes:
+            classes = zeroshot.read_lines(args.zeroshot_classes)
+            templates = zeroshot.read_templates(args.templates) if args.templates else zeroshot.TEMPLATES
+            class_feats = zeroshot.class_embeddings(model, tokenizer, classes, templates, device=device, dtype=dtype)
+            local_ids = [res.split.image_ids[i] for i in res.split.image_index.tolist()]
+            zs = zeroshot.zeroshot_accuracy(res.split.image_feats, local_ids, res.split.local_captions, class_feats, classes)
+            zs["templates"] = len(templates)
+
+        out = args.output
+        os.makedirs(out, exist_ok=True)
+        t0 = time.perf_counter()
+        s = res.split
+        _write_features(args, res, out)
+        loader_stats = {}
+        for part in comm.gather_objects(s.loader_stats):
+            for name, n in part.items():
+                loader_stats[name] = loader_stats.get(name, 0) + n
+        summary = {
+            "split": args.split, "checkpoint": str(args.checkpoint), "data": str(args.data),
+            "model": model.config.name, "images": len(s.image_ids), "texts": len(s.texts),
+            "pairs": int(s.gt_text.numel()), "top_k": args.top_k, "t2i": res.t2i, "i2t": res.i2t,
+            "zeroshot": zs, "world_size": comm.world(), "launcher": info.launcher, "device": str(device),
+            "dtype": str(dtype).removeprefix("torch."), "gallery_sharded": bool(args.gallery_sharded),
+            "loader": loader_stats, "torch": torch.__version__,
+        }
+        if comm.rank() == 0:
+            k = args.top_k
+            outputs.write_predictions(os.path.join(out, f"{args.split}_predictions.jsonl"), "text_id", "image_ids",
+                                      s.text_ids, s.image_ids, res.t2i_index, k)
+            outputs.write_predictions(os.path.join(out, f"{args.split}_tr_predictions.jsonl"), "image_id", "text_ids",
+                                      s.image_ids, s.text_ids, res.i2t_index, k)
+            outputs.write_reference(os.path.join(out, f"{args.split}_texts.reference.jsonl"), s)
+            outputs.write_json(os.path.join(out, "output.json"), outputs.seed_score(res.t2i))
+            outputs.write_json(os.path.join(out, "output_tr.json"), outputs.seed_score(res.i2t))
+        if not args.no_report:
+            facts = {k: summary[k] for k in ("model", "images", "texts", "world_size", "device", "dtype")}
+            _report(args, res, zs, facts, out)
+        times["write"] = time.perf_counter() - t0
+        summary["timings_s"] = {k: round(v, 3) for k, v in times.items()}
+        if comm.rank() == 0:
+            outputs.write_json(os.path.join(out, "summary.json"), summary, pretty=True)
+            log.info("t2i %s | i2t %s", _line(res.t2i), _line(res.i2t))
+        comm.barrier()
+        return summary
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _line(r: dict) -> str:
+    return " ".join(f"{k.upper()} {r[k]:.2f}" for k in ("r1", "r5", "r10")) + f" MR {r['mean_recall']:.2f}"
+
+
+__all__ = ["evaluate_retrieval", "run_evaluation", "retrieve", "init_process_group", "json_id"]
