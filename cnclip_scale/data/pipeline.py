@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
 import os
 from dataclasses import dataclass, field
 
@@ -49,11 +50,17 @@ def _is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
 
-def _mp_context(shards: list[Shard], requested: str | None) -> str | None:
-    # A forked child inherits the parent's s3fs event loop (noisy, can hang): remote data uses forkserver.
-    if requested:
-        return requested
-    return None if all(_is_local(s.url) for s in shards) else "forkserver"
+def _mp_context(shards: list[Shard], requested: str | None):
+    """Fork for local data; forkserver for remote data (a forked child inherits the parent's s3fs event
+    loop: noisy, can hang). The forkserver imports this module once, so workers start without
+    re-importing torch and the model package each (seconds per worker)."""
+    method = requested or (None if all(_is_local(s.url) for s in shards) else "forkserver")
+    if method is None:
+        return None
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload([__name__])
+    return context
 
 
 # ------------------------------------------------------------------------------------------- training
