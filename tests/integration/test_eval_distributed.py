@@ -1,0 +1,131 @@
+"""launch/evaluate.py end to end in real processes: 1 rank vs 2 gloo ranks (torchrun), gathered vs
+gallery-sharded, seed folder vs shards (uneven shards, text-grouped shards with repeated images); recall
+checked by Chinese-CLIP's own evaluation scripts run on our prediction files."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cnclip_scale.dist import free_port
+from cnclip_scale.model import build_model, model_config
+from cnclip_scale.model.configs import TINY
+from cnclip_scale.model.weights import write_checkpoint
+from tests.integration.data_shards import build_shard_set
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+CN_CLIP_EVAL = Path(__import__("cn_clip").__file__).parent / "eval"
+COMPARED = ["test_predictions.jsonl", "test_tr_predictions.jsonl", "output.json", "output_tr.json",
+            "test_texts.reference.jsonl", "test_texts.txt_feat.npy"]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return env
+
+
+def evaluate(out: Path, ckpt: str, data: str, ranks: int = 1, *extra: str) -> Path:
+    script = [str(ROOT / "launch/evaluate.py"), "--checkpoint", ckpt, "--data", data, "--split", "test",
+              "--output", str(out), "--batch-size", "4", *extra]
+    if ranks == 1:
+        cmd = [sys.executable, *script]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *script]
+    # A new session, so that a hung run is stopped together with its ranks (killpg), not orphaned.
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    return out if proc.returncode == 0 else RuntimeError(f"rc {proc.returncode}: {output[-5000:]}")
+
+
+def ok(run) -> Path:
+    """A run's output folder; a failed run fails only the tests that use it."""
+    if isinstance(run, Exception):
+        pytest.fail(str(run))
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    model = build_model(model_config(TINY))
+    ckpt = str(root / "tiny.safetensors")
+    write_checkpoint(model.state_dict(), model.config, ckpt, "native")
+    # 31 images in shards of 7: 5 shards of uneven size, rank shares 16/15, workers get 8/8/8/7.
+    shards = build_shard_set(str(root / "img"), 31, 7, split="test")
+    by_text = build_shard_set(str(root / "txt"), 31, 9, group="text", split="test", seed_dir=str(root / "txt_seed"))
+    return {
+        "seed": evaluate(root / "seed", ckpt, shards.seed_dir, 1, "--workers", "0"),
+        "one": evaluate(root / "one", ckpt, shards.url, 1, "--workers", "2", "--save-features"),
+        "two": evaluate(root / "two", ckpt, shards.url, 2, "--workers", "2"),
+        "sharded": evaluate(root / "sharded", ckpt, shards.url, 2, "--workers", "1", "--gallery-sharded"),
+        "by_text": evaluate(root / "by_text", ckpt, by_text.url, 2, "--workers", "1"),
+        "truth": shards.truth, "seed_dir": shards.seed_dir,
+    }
+
+
+@pytest.mark.parametrize("other", ["seed", "two", "sharded", "by_text"])
+def test_same_outputs_whatever_the_layout(runs, other):
+    """Shards on 1 rank are the baseline: a seed folder, 2 ranks, gallery-sharded, text-grouped shards agree."""
+    for name in COMPARED:
+        assert (ok(runs["one"]) / name).read_bytes() == (ok(runs[other]) / name).read_bytes(), name
+
+
+def test_every_image_and_text_once(runs):
+    summary = json.loads((ok(runs["two"]) / "summary.json").read_text())
+    truth = runs["truth"]
+    assert summary["world_size"] == 2 and summary["images"] == len(truth.images) and summary["texts"] == len(truth.texts)
+    assert summary["pairs"] == sum(len(t["image_ids"]) for t in truth.texts)
+    ids = np.load(ok(runs["two"]) / "test_imgs.img_ids.npy").tolist()
+    assert ids == sorted(int(i) for i in truth.images)
+    parts = [np.load(ok(runs["sharded"]) / f"test_imgs.part{r:05d}-of-00002.img_ids.npy").tolist() for r in range(2)]
+    assert sorted(parts[0] + parts[1]) == ids and not set(parts[0]) & set(parts[1])
+    full = np.load(ok(runs["two"]) / "test_imgs.img_feat.npy")
+    sharded = np.concatenate([np.load(ok(runs["sharded"]) / f"test_imgs.part{r:05d}-of-00002.img_feat.npy") for r in range(2)])
+    assert np.array_equal(full, sharded[np.argsort(parts[0] + parts[1])])
+
+
+def test_feature_jsonl_matches_npy(runs):
+    lines = (ok(runs["one"]) / "test_imgs.img_feat.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    assert set(first) == {"image_id", "feature"} and isinstance(first["image_id"], int)
+    feats = np.load(ok(runs["one"]) / "test_imgs.img_feat.npy")
+    assert np.array_equal(np.asarray([json.loads(x)["feature"] for x in lines], dtype=np.float32), feats)
+    assert len((ok(runs["one"]) / "test_texts.txt_feat.jsonl").read_text().splitlines()) == len(runs["truth"].texts)
+
+
+def test_recall_equals_chinese_clip_evaluation_scripts(runs, tmp_path):
+    """evaluation.py / evaluation_tr.py (cn-clip 1.6.0) on our prediction files and the seed's own texts.jsonl."""
+    out = ok(runs["two"])
+    texts = tmp_path / "test_texts.jsonl"
+    shutil.copy(Path(runs["seed_dir"]) / "test_texts.jsonl", texts)
+    env = _env()
+
+    def run(script, *args):
+        subprocess.run([sys.executable, str(CN_CLIP_EVAL / script), *map(str, args)], env=env, check=True,
+                       capture_output=True, cwd=tmp_path, timeout=120)
+
+    run("evaluation.py", texts, out / "test_predictions.jsonl", tmp_path / "t2i.json")
+    run("transform_ir_annotation_to_tr.py", "--input", texts)
+    run("evaluation_tr.py", tmp_path / "test_texts.tr.jsonl", out / "test_tr_predictions.jsonl", tmp_path / "i2t.json")
+    for ours, theirs in [("output.json", "t2i.json"), ("output_tr.json", "i2t.json")]:
+        want = json.loads((tmp_path / theirs).read_text())
+        assert want["success"] is True, want
+        assert (out / ours).read_text() == (tmp_path / theirs).read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["t2i"]["score"] == json.loads((tmp_path / "t2i.json").read_text())["score"]
