@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
+import os
 import pickle
 from dataclasses import dataclass
 from typing import Iterator
@@ -39,56 +41,104 @@ class TextRecord:
 
 # ----------------------------------------------------------------------------------------------- TSV
 
+_WHITESPACE = b" \t\r\n\x0b\x0c"  # what bytes.strip() strips, as Chinese-CLIP's line.strip() does
+_MAX_ID = 4096                      # an id longer than this is not an id
+
+
 def iter_tsv_lines(path: str, start: int = 0, end: int | None = None, first_line: int = 1
-                   ) -> Iterator[tuple[int, int, bytes]]:
-    """Yield (line_number, byte_offset, raw_line) for the lines that *start* in [start, end).
+                   ) -> Iterator[tuple[int, int, memoryview]]:
+    """Yield (line_number, byte_offset, line) for the lines that *start* in [start, end).
 
-    `start` must be a line start (0 or an offset from a previous scan). Lines keep their trailing
-    newline so offsets add up; callers strip. Line numbers count from `first_line`.
+    `start` must be a line start (0 or an offset from a previous scan). A line keeps its newline so
+    offsets add up. Lines are zero-copy views of a memory map: the TSV is mostly image bytes, and
+    copying each line costs about as much as decoding it.
     """
-    with open(path, "rb", buffering=1 << 20) as f:
-        f.seek(start)
-        offset, number = start, first_line
-        for line in f:
-            if end is not None and offset >= end:
-                break
-            yield number, offset, line
-            offset += len(line)
-            number += 1
+    size = os.path.getsize(path)
+    if size == 0:
+        return
+    with open(path, "rb") as f:
+        # Not closed explicitly: the views handed out keep it alive, and it unmaps when they are gone.
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    view, pos, number = memoryview(mapped), start, first_line
+    end = size if end is None else min(end, size)
+    while pos < end:
+        newline = mapped.find(b"\n", pos)
+        stop = size if newline < 0 else newline + 1
+        yield number, pos, view[pos:stop]
+        pos, number = stop, number + 1
 
 
-def tsv_line_id(line: bytes) -> str | None:
-    """The image id a TSV line claims, or None when the line has no usable id (parsed in full later)."""
-    tab = line.find(b"\t")
-    if tab <= 0:
-        return None
+def tsv_line_starts(path: str, parts: int) -> list[int]:
+    """`parts` + 1 offsets that cut the TSV into byte ranges starting at line starts (for parallel scans)."""
+    size = os.path.getsize(path)
+    cuts = [0]
+    with open(path, "rb") as f:
+        for k in range(1, parts):
+            f.seek(max(size * k // parts - 1, cuts[-1]))
+            f.readline()  # to the start of the next line
+            cuts.append(max(min(f.tell(), size), cuts[-1]))
+    return cuts + [size]
+
+
+def scan_tsv(path: str, start: int, end: int) -> list[tuple[int, int, str | None]]:
+    """(byte offset, length, claimed image id) of each line starting in [start, end): the index the
+    converter plans shards from, without copying image bytes."""
+    return [(offset, len(line), tsv_line_id(line[:_MAX_ID])) for _, offset, line in iter_tsv_lines(path, start, end)]
+
+
+def _bounds(line) -> tuple[int, int]:
+    """[begin, end) of `line` without surrounding whitespace, found without copying it."""
+    begin, end = 0, len(line)
+    while end > begin and line[end - 1] in _WHITESPACE:
+        end -= 1
+    while begin < end and line[begin] in _WHITESPACE:
+        begin += 1
+    return begin, end
+
+
+def tsv_line_id(line) -> str | None:
+    """The image id a TSV line claims, or None when it has no usable id (parse_tsv_line says why)."""
     try:
-        return line[:tab].strip().decode("utf-8") or None
-    except UnicodeDecodeError:
+        return parse_tsv_line(line)[0]
+    except BadRecord:
         return None
 
 
-def parse_tsv_line(line: bytes) -> tuple[str, bytes]:
-    """Split one TSV line into (image_id, base64 bytes); raise BadRecord for anything else."""
-    line = line.strip()
-    if not line:
+def parse_tsv_line(line) -> tuple[str, memoryview]:
+    """Split one TSV line (bytes or memoryview) into (image_id, base64 view); BadRecord otherwise.
+
+    Extra TAB-separated fields are not searched for here (that would read the whole line once more):
+    they make the base64 invalid, and `read_tsv_image` then names them as extra fields."""
+    view = memoryview(line)
+    begin, end = _bounds(view)
+    if begin == end:
         raise BadRecord("blank_line")
-    tab = line.find(b"\t")
+    head = bytes(view[begin:min(end, begin + _MAX_ID)])
+    tab = head.find(b"\t")
     if tab < 0:
-        raise BadRecord("missing_base64_field", "no TAB in line")
-    if line.find(b"\t", tab + 1) >= 0:
-        fields = line.count(b"\t") + 1
-        raise BadRecord("extra_fields", f"{fields} TAB-separated fields, expected 2")
+        raise BadRecord("missing_base64_field", "no TAB in line" if end - begin < _MAX_ID else
+                        f"no TAB in the first {_MAX_ID} bytes")
     try:
-        image_id = line[:tab].strip().decode("utf-8")
+        image_id = head[:tab].strip().decode("utf-8")
     except UnicodeDecodeError as err:
         raise BadRecord("non_utf8", f"image id is not UTF-8 ({err.reason} at byte {err.start})") from None
     if not image_id:
         raise BadRecord("empty_image_id")
-    b64 = line[tab + 1:]
-    if not b64:
+    if begin + tab + 1 == end:
         raise BadRecord("missing_base64_field", "empty base64 field")
-    return image_id, b64
+    return image_id, view[begin + tab + 1:end]
+
+
+def read_tsv_image(line) -> tuple[str, bytes]:
+    """(image_id, image bytes) from one TSV line, or BadRecord saying what is wrong with it."""
+    image_id, b64 = parse_tsv_line(line)
+    try:
+        return image_id, decode_base64(b64)
+    except BadRecord as bad:
+        if b"\t" in bytes(b64):  # (memoryview's `in` compares single bytes)
+            fields = bytes(b64).count(b"\t") + 2
+            raise BadRecord("extra_fields", f"{fields} TAB-separated fields, expected 2") from None
+        raise bad
 
 
 def decode_base64(b64: bytes) -> bytes:
@@ -101,9 +151,9 @@ def decode_base64(b64: bytes) -> bytes:
     try:
         return pybase64.b64decode(b64, altchars=b"-_", validate=True)
     except ValueError as err:
-        if not b64.isascii():
+        if not bytes(b64).isascii():
             try:
-                b64.decode("utf-8")
+                bytes(b64).decode("utf-8")
             except UnicodeDecodeError as utf_err:
                 raise BadRecord("non_utf8", f"base64 field has non-UTF-8 bytes at {utf_err.start}") from None
         raise BadRecord("invalid_base64", str(err)) from None

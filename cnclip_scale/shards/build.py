@@ -52,7 +52,7 @@ def _report(samples: int, nbytes: int) -> None:
 
 
 def _records(task: ShardTask) -> Iterator[tuple[dict, str, bytes]]:
-    """(where, image_id, base64) per record; a BadRecord in place of the id/bytes when it is unusable."""
+    """(where, image_id, image bytes) per record; a BadRecord in place of the bytes when it is unusable."""
     if task.kind == "tsv":
         for number, _, raw in sf.iter_tsv_lines(task.image_path, task.start, task.end, task.first_line):
             where = {"line": number}
@@ -61,7 +61,7 @@ def _records(task: ShardTask) -> Iterator[tuple[dict, str, bytes]]:
                                                 f"id first named at line {task.duplicates[number]}")
                 continue
             try:
-                yield where, *sf.parse_tsv_line(raw)
+                yield where, *sf.read_tsv_image(raw)
             except sf.BadRecord as bad:
                 yield where, sf.tsv_line_id(raw), bad
         return
@@ -75,16 +75,18 @@ def _records(task: ShardTask) -> Iterator[tuple[dict, str, bytes]]:
                 except UnicodeDecodeError:
                     yield where, None, sf.BadRecord("non_utf8", "LMDB key is not UTF-8")
                     continue
-                yield where, image_id, bytes(txn.get(key)).strip()
+                try:
+                    yield where, image_id, sf.decode_base64(bytes(txn.get(key)).strip())
+                except sf.BadRecord as bad:
+                    yield where, image_id, bad
     finally:
         env.close()
 
 
-def _prepare(task: ShardTask, image_id, payload) -> tuple[bytes, str, list]:
+def _prepare(task: ShardTask, image_id, data) -> tuple[bytes, str, list]:
     """(image bytes, extension, captions) for one record, or BadRecord saying why it is unusable."""
-    if isinstance(payload, sf.BadRecord):
-        raise payload
-    data = sf.decode_base64(payload)
+    if isinstance(data, sf.BadRecord):
+        raise data
     ext = check_image(data, full=task.verify_full)
     texts = task.captions.get(image_id, [])
     if task.group == "pair" and not texts:

@@ -112,34 +112,47 @@ def _finished(dest: Destination, split: str, tasks: list[ShardTask], listing: di
     return done
 
 
-def _run(tasks: list[ShardTask], opts: Options, total: int, initial: int, label: str) -> list[dict]:
-    """Build `tasks` in `opts.workers` processes (in this one for 1) with a samples/s + MB/s bar."""
-    ctx = mp.get_context("spawn")  # no fork: a forked child inherits the parent's S3 event loop
-    samples, nbytes = ctx.Value("q", 0), ctx.Value("q", 0)
-    bar = tqdm(total=total, initial=initial, unit="sample", desc=label, disable=not opts.progress,
-               dynamic_ncols=True)
-    stop, began = threading.Event(), time.time()
+class Workers:
+    """The processes a split is converted in (none for 1 worker), with shared progress counters."""
 
-    def refresh():
-        while not stop.wait(0.25):
-            bar.n = initial + samples.value
-            bar.set_postfix_str(f"{nbytes.value / 1e6 / max(time.time() - began, 1e-6):.0f} MB/s", refresh=True)
+    def __init__(self, count: int):
+        ctx = mp.get_context("spawn")  # no fork: a forked child inherits the parent's S3 event loop
+        self.samples, self.nbytes = ctx.Value("q", 0), ctx.Value("q", 0)
+        self.pool = ctx.Pool(count, initializer=init_progress, initargs=(self.samples, self.nbytes)) \
+            if count > 1 else None
+        if self.pool is None:
+            init_progress(self.samples, self.nbytes)
 
-    ticker = threading.Thread(target=refresh, daemon=True)
-    ticker.start()
-    try:
-        if opts.workers <= 1 or len(tasks) <= 1:
-            init_progress(samples, nbytes)
-            results = [build_shard(task) for task in tasks]
-        else:
-            with ctx.Pool(min(opts.workers, len(tasks)), initializer=init_progress, initargs=(samples, nbytes)) as pool:
-                results = list(pool.imap_unordered(build_shard, tasks))
-    finally:
-        stop.set()
-        ticker.join()
-        bar.n = initial + samples.value
-        bar.close()
-    return results
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+    def build(self, tasks: list[ShardTask], total: int, initial: int, label: str, show: bool) -> list[dict]:
+        """Build `tasks`, showing a samples/s + MB/s bar; return their stats."""
+        self.samples.value = self.nbytes.value = 0
+        bar = tqdm(total=total, initial=initial, unit="sample", desc=label, disable=not show, dynamic_ncols=True)
+        stop, began = threading.Event(), time.time()
+
+        def refresh():
+            while not stop.wait(0.25):
+                bar.n = initial + self.samples.value
+                bar.set_postfix_str(f"{self.nbytes.value / 1e6 / max(time.time() - began, 1e-6):.0f} MB/s")
+
+        ticker = threading.Thread(target=refresh, daemon=True)
+        ticker.start()
+        try:
+            if self.pool is None:
+                return [build_shard(task) for task in tasks]
+            return list(self.pool.imap_unordered(build_shard, tasks))
+        finally:
+            stop.set()
+            ticker.join()
+            bar.n = initial + self.samples.value
+            bar.close()
 
 
 def _position(reject: dict):
@@ -209,18 +222,19 @@ def _manifest(split: str, source: SplitSource, opts: Options, stats: list[dict],
 def convert_split(src: str, split: str, dest: Destination, opts: Options) -> dict:
     """Convert one split; return its manifest (also written to DST/{split}/manifest.json)."""
     began = time.time()
-    source = load_split(src, split, opts.source_kind)
-    tasks = _tasks(source, split, dest.url, opts)
-    listing = dest.list_sizes(split)
-    if opts.overwrite and listing:
-        dest.remove([f"{split}/{name}" for name in listing])
-        listing = {}
-    done = _finished(dest, split, tasks, listing)
-    todo = [t for t in tasks if t.index not in done]
-    if todo:  # the split is changing: its old manifest must not describe the new shards
-        dest.remove([f"{split}/{n}" for n in listing if n in ("manifest.json", "rejects.jsonl") or TMP_MARK in n])
-    built = _run(todo, opts, sum(t.planned_samples for t in tasks),
-                 sum(s["samples"] for s in done.values()), split)
+    with Workers(opts.workers) as workers:
+        source = load_split(src, split, opts.source_kind, workers.pool, opts.workers)
+        tasks = _tasks(source, split, dest.url, opts)
+        listing = dest.list_sizes(split)
+        if opts.overwrite and listing:
+            dest.remove([f"{split}/{name}" for name in listing])
+            listing = {}
+        done = _finished(dest, split, tasks, listing)
+        todo = [t for t in tasks if t.index not in done]
+        if todo:  # the split is changing: its old manifest must not describe the new shards
+            dest.remove([f"{split}/{n}" for n in listing if n in ("manifest.json", "rejects.jsonl") or TMP_MARK in n])
+        built = workers.build(todo, sum(t.planned_samples for t in tasks), sum(s["samples"] for s in done.values()),
+                              split, opts.progress)
     stats = sorted([*done.values(), *built], key=lambda s: s["index"])
     totals, rejects = _account(source, stats)
     keep = {stats_name(split, s["index"]) for s in stats} | {s["shard"] for s in stats if s["shard"]}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from itertools import starmap
 from dataclasses import dataclass, field
 
 from cnclip_scale.data import seed_formats as sf
@@ -87,7 +88,8 @@ def _reject(record: str, source: str, where: dict, reason: str, detail: str = ""
     return {"record": record, "source": source, **where, **ids, "reason": reason, "detail": detail}
 
 
-def load_tsv_split(folder: str, split: str) -> SplitSource:
+def load_tsv_split(folder: str, split: str, pool=None, parts: int = 1) -> SplitSource:
+    """Texts parsed in full; images indexed by a scan in `parts` byte ranges (in `pool` if given)."""
     image_path = os.path.join(folder, f"{split}_imgs.tsv")
     text_path = os.path.join(folder, f"{split}_texts.jsonl")
     for path in (image_path, text_path):
@@ -114,8 +116,12 @@ def load_tsv_split(folder: str, split: str) -> SplitSource:
             else:
                 entry.links.append((image_id, {"line": line}))
         texts.append(entry)
-    images = [ImageSlot({"line": n}, sf.tsv_line_id(raw), len(raw) * 3 // 4, offset=offset)
-              for n, offset, raw in sf.iter_tsv_lines(image_path)]
+    cuts = sf.tsv_line_starts(image_path, parts)
+    ranges = [(image_path, a, b) for a, b in zip(cuts, cuts[1:])]
+    index = [row for part in (pool.starmap(sf.scan_tsv, ranges) if pool else starmap(sf.scan_tsv, ranges))
+             for row in part]
+    images = [ImageSlot({"line": n}, image_id, length * 3 // 4, offset=offset)
+              for n, (offset, length, image_id) in enumerate(index, start=1)]
     return SplitSource("tsv", image_path, os.path.basename(image_path), text_label,
                        fingerprint([image_path, text_path], folder), images, texts, rejects, texts_input, pairs_input)
 
@@ -173,6 +179,6 @@ def _key_id(key: bytes) -> str | None:
         return None
 
 
-def load_split(src: str, split: str, force: str | None = None) -> SplitSource:
+def load_split(src: str, split: str, force: str | None = None, pool=None, parts: int = 1) -> SplitSource:
     kind, folder = detect_layout(src, split, force)
-    return load_tsv_split(folder, split) if kind == "tsv" else load_lmdb_split(folder, split)
+    return load_tsv_split(folder, split, pool, parts) if kind == "tsv" else load_lmdb_split(folder, split)

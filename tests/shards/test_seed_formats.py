@@ -30,14 +30,29 @@ def test_bad_base64(text, why):
 
 @pytest.mark.parametrize("line, why", [(b"  \r\n", "blank_line"), (b"123\n", "missing_base64_field"),
                                        (b"123\t\n", "missing_base64_field"), (b"1\tQUJD\tx\n", "extra_fields"),
-                                       (b"1\t\tQUJD\n", "extra_fields"), (b"\xff1\tQUJD\n", "non_utf8")])
+                                       (b"1\t\tQUJD\n", "extra_fields"), (b"\xff1\tQUJD\n", "non_utf8"),
+                                       (b"1\tQUJD*\n", "invalid_base64"), (b"\tQUJD\n", "missing_base64_field")])
 def test_bad_tsv_lines(line, why):
-    assert reason(sf.parse_tsv_line, line) == why
+    assert reason(sf.read_tsv_image, line) == why
 
 
 def test_tsv_line_is_stripped_like_chinese_clip():
-    assert sf.parse_tsv_line(b" 42 \tQUJD\r\n") == ("42", b"QUJD")
+    assert sf.read_tsv_image(b" 42 \tQUJD\r\n") == ("42", b"ABC")
     assert sf.tsv_line_id(b" 42 \tQUJD\r\n") == "42"
+
+
+def test_tsv_index_is_the_same_however_the_file_is_cut(tmp_path):
+    lines = [b"1\tQUJD\n", b"\n", b"22\t" + b"QUJD" * 10 + b"\n", b" 3 \tQUJD\r\n", b"\xff\tQUJD\n", b"4\tQUJD"]
+    path = str(tmp_path / "x.tsv")
+    (tmp_path / "x.tsv").write_bytes(b"".join(lines))
+    assert [(n, o, bytes(line)) for n, o, line in sf.iter_tsv_lines(path)] == [
+        (1, 0, lines[0]), (2, 7, lines[1]), (3, 8, lines[2]), (4, 52, lines[3]), (5, 62, lines[4]), (6, 69, lines[5])]
+    whole = [(0, 7, "1"), (7, 1, None), (8, 44, "22"), (52, 10, "3"), (62, 7, None), (69, 6, "4")]
+    for parts in (1, 2, 3, 5, 40):
+        cuts = sf.tsv_line_starts(path, parts)
+        assert [row for a, b in zip(cuts, cuts[1:]) for row in sf.scan_tsv(path, a, b)] == whole
+    (tmp_path / "empty.tsv").write_bytes(b"")
+    assert sf.scan_tsv(str(tmp_path / "empty.tsv"), 0, 0) == []
 
 
 @pytest.mark.parametrize("line, why", [

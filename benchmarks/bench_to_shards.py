@@ -1,0 +1,159 @@
+"""Benchmark: tools/to_shards.py (2 workers) vs. Chinese-CLIP's build_lmdb_dataset.py vs. the floor.
+
+Input: a generated seed split of N realistic JPEGs (~100 KB each, crops of real bundled photos, each
+made unique by a JPEG comment) as base64 TSV + JSONL, in the page cache for every contender.
+  ours      python tools/to_shards.py --workers 2 (decode, validate header + end marker, shard, sha256)
+  baseline  python -m cn_clip.preprocess.build_lmdb_dataset (copies the base64 text into LMDB, no decode)
+  floor     2 processes that only read, base64-decode (same decoder as ours) and write the bytes
+Each is a fresh process, timed wall-clock with its start-up. Targets: ours faster than the baseline
+(ratio > 1) and within 1.3x of the floor's time.
+
+    python benchmarks/bench_to_shards.py [--images 20000] [--repeat 1] [--keep DIR]
+
+The last line is machine-readable: BENCH {"stage": "to_shards", "ours": ..., "baseline": ..., ...}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def generate(folder: str, n: int, target_bytes: int = 100_000, pool: int = 256) -> int:
+    """Write train_imgs.tsv / train_texts.jsonl with `n` images; return the TSV size in bytes."""
+    import pybase64
+
+    from cnclip_scale.testing.images import make_image, size_for_bytes
+
+    side = size_for_bytes(target_bytes)
+    photos = [make_image(i, side, 90) for i in range(pool)]
+    with open(os.path.join(folder, "train_imgs.tsv"), "wb") as tsv, \
+            open(os.path.join(folder, "train_texts.jsonl"), "w", encoding="utf-8") as texts:
+        for i in range(n):
+            jpeg, caption = photos[i % pool]
+            comment = f"bench image {i}".encode()
+            unique = jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + jpeg[2:]
+            tsv.write(b"%d\t%s\n" % (1_000_000 + i, pybase64.b64encode(unique)))
+            ids = [1_000_000 + i] if i % 3 else [1_000_000 + i, 1_000_000 + (i * 7 + 1) % n]
+            texts.write(json.dumps({"text_id": i + 1, "text": f"{caption}（{i}）", "image_ids": ids},
+                                   ensure_ascii=False) + "\n")
+    return os.path.getsize(os.path.join(folder, "train_imgs.tsv"))
+
+
+def floor_part(tsv: str, start: int, end: int, out: str, decoder: str) -> None:
+    """One floor process: read lines starting in [start, end), base64-decode, write the bytes."""
+    if decoder == "pybase64":
+        import pybase64
+
+        decode = lambda b: pybase64.b64decode(b, validate=True)  # noqa: E731
+    else:
+        import binascii
+
+        decode = binascii.a2b_base64
+    with open(tsv, "rb", buffering=1 << 20) as f, open(out, "wb") as o:
+        f.seek(start)
+        offset = start
+        for line in f:
+            if offset >= end:
+                break
+            offset += len(line)
+            o.write(decode(line[line.index(b"\t") + 1:].strip()))
+
+
+def _timed(command: list[str]) -> float:
+    os.sync()  # earlier runs' dirty pages must not be flushed on this run's clock
+    began = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - began
+
+
+def run_floor(folder: str, decoder: str) -> float:
+    tsv = os.path.join(folder, "train_imgs.tsv")
+    size = os.path.getsize(tsv)
+    with open(tsv, "rb") as f:  # split at the first line start after the middle
+        f.seek(size // 2)
+        f.readline()
+        middle = f.tell()
+    os.sync()
+    began = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, __file__, "--floor-part", tsv, str(a), str(b),
+                               os.path.join(folder, f"floor{k}.bin"), decoder])
+             for k, (a, b) in enumerate(((0, middle), (middle, size)))]
+    if any(p.wait() for p in procs):
+        raise RuntimeError("floor process failed")
+    seconds = time.perf_counter() - began
+    for k in range(2):
+        os.remove(os.path.join(folder, f"floor{k}.bin"))
+    return seconds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=20_000)
+    p.add_argument("--repeat", type=int, default=1, help="runs per contender; the median is reported")
+    p.add_argument("--keep", metavar="DIR", help="generate into DIR and keep it (reused if already there)")
+    p.add_argument("--floor-part", nargs=5, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.floor_part:
+        tsv, start, end, out, decoder = args.floor_part
+        floor_part(tsv, int(start), int(end), out, decoder)
+        return
+    folder = args.keep or tempfile.mkdtemp(prefix="bench_to_shards_")
+    os.makedirs(folder, exist_ok=True)
+    try:
+        tsv = os.path.join(folder, "train_imgs.tsv")
+        if not (args.keep and os.path.exists(tsv) and sum(1 for _ in open(tsv, "rb")) == args.images):
+            began = time.perf_counter()
+            generate(folder, args.images)
+            print(f"generated {args.images} images in {time.perf_counter() - began:.0f} s")
+        size = os.path.getsize(tsv)
+        with open(tsv, "rb") as f:  # into the page cache, so every contender starts warm
+            while f.read(64 << 20):
+                pass
+        contenders = {
+            "baseline": [sys.executable, "-m", "cn_clip.preprocess.build_lmdb_dataset", "--data_dir", folder,
+                         "--splits", "train", "--lmdb_dir", os.path.join(folder, "lmdb")],
+            "ours": [sys.executable, os.path.join(REPO, "tools", "to_shards.py"), "--src", folder, "--from", "tsv",
+                     "--dst", os.path.join(folder, "shards"), "--splits", "train", "--workers", "2",
+                     "--overwrite", "--no-progress"],
+        }
+        times: dict[str, list[float]] = {k: [] for k in (*contenders, "floor", "floor_stdlib")}
+        for _ in range(args.repeat):
+            for name, command in contenders.items():
+                times[name].append(_timed(command))
+                shutil.rmtree(os.path.join(folder, "lmdb" if name == "baseline" else "shards"))
+            times["floor"].append(run_floor(folder, "pybase64"))
+            times["floor_stdlib"].append(run_floor(folder, "binascii"))
+        seconds = {k: statistics.median(v) for k, v in times.items()}
+        print(f"input: {args.images} images, {size / 1e6:.0f} MB of base64 TSV ({size / args.images / 1e3 * 3 / 4:.0f} KB "
+              f"per JPEG), {os.cpu_count()} CPUs, median of {args.repeat}")
+        print(f"{'contender':<14}{'seconds':>9}{'samples/s':>11}{'MB/s in':>9}")
+        for name, s in seconds.items():
+            print(f"{name:<14}{s:>9.2f}{args.images / s:>11.0f}{size / 1e6 / s:>9.0f}")
+        ratio = seconds["baseline"] / seconds["ours"]
+        floor_ratio = seconds["ours"] / seconds["floor"]
+        print(f"ours vs LMDB builder: {ratio:.2f}x as fast (target > 1)")
+        print(f"ours vs floor: {floor_ratio:.2f}x the floor's time (target <= 1.3); "
+              f"vs a stdlib-base64 floor: {seconds['ours'] / seconds['floor_stdlib']:.2f}x")
+        print("BENCH " + json.dumps({
+            "stage": "to_shards", "unit": "samples/s", "ours": round(args.images / seconds["ours"], 1),
+            "baseline": round(args.images / seconds["baseline"], 1), "ratio": round(ratio, 3), "target": 1.0,
+            "floor": round(args.images / seconds["floor"], 1), "floor_ratio": round(floor_ratio, 3),
+            "floor_target": 1.3, "images": args.images, "mb_in": round(size / 1e6, 1)}))
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
