@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -28,26 +27,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-
-def generate(folder: str, n: int, target_bytes: int = 100_000, pool: int = 256) -> int:
-    """Write train_imgs.tsv / train_texts.jsonl with `n` images; return the TSV size in bytes."""
-    import pybase64
-
-    from cnclip_scale.testing.images import make_image, size_for_bytes
-
-    side = size_for_bytes(target_bytes)
-    photos = [make_image(i, side, 90) for i in range(pool)]
-    with open(os.path.join(folder, "train_imgs.tsv"), "wb") as tsv, \
-            open(os.path.join(folder, "train_texts.jsonl"), "w", encoding="utf-8") as texts:
-        for i in range(n):
-            jpeg, caption = photos[i % pool]
-            comment = f"bench image {i}".encode()
-            unique = jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + jpeg[2:]
-            tsv.write(b"%d\t%s\n" % (1_000_000 + i, pybase64.b64encode(unique)))
-            ids = [1_000_000 + i] if i % 3 else [1_000_000 + i, 1_000_000 + (i * 7 + 1) % n]
-            texts.write(json.dumps({"text_id": i + 1, "text": f"{caption}（{i}）", "image_ids": ids},
-                                   ensure_ascii=False) + "\n")
-    return os.path.getsize(os.path.join(folder, "train_imgs.tsv"))
+from cnclip_scale.testing.seed_data import write_realistic_split  # noqa: E402
 
 
 def floor_part(tsv: str, start: int, end: int, out: str, decoder: str) -> None:
@@ -114,7 +94,7 @@ def main() -> None:
         tsv = os.path.join(folder, "train_imgs.tsv")
         if not (args.keep and os.path.exists(tsv) and sum(1 for _ in open(tsv, "rb")) == args.images):
             began = time.perf_counter()
-            generate(folder, args.images)
+            write_realistic_split(folder, args.images, target_bytes=100_000)
             print(f"generated {args.images} images in {time.perf_counter() - began:.0f} s")
         size = os.path.getsize(tsv)
         with open(tsv, "rb") as f:  # into the page cache, so every contender starts warm

@@ -70,6 +70,34 @@ def write_seed_dataset(root: str, sizes: dict[str, int], **kwargs) -> dict[str, 
     return out
 
 
+def write_realistic_split(root: str, n: int, split: str = "train", side: int | None = None,
+                          target_bytes: int = 100_000, pool: int = 256, quality: int = 90) -> int:
+    """A large seed split for benchmarks: `n` unique JPEGs of realistic size; returns the TSV's bytes.
+
+    Encoding 20k big JPEGs would take minutes, so `pool` crops of real photos are encoded once (at
+    `side` px, or the side that averages `target_bytes`) and made unique per image by a JPEG comment.
+    One caption per image, every third text naming a second image (as in MUGE).
+    """
+    import pybase64
+
+    from cnclip_scale.testing.images import size_for_bytes
+
+    side = side or size_for_bytes(target_bytes, quality)
+    photos = [make_image(i, side, quality) for i in range(pool)]
+    os.makedirs(root, exist_ok=True)
+    tsv_path = os.path.join(root, f"{split}_imgs.tsv")
+    with open(tsv_path, "wb") as tsv, open(os.path.join(root, f"{split}_texts.jsonl"), "w", encoding="utf-8") as texts:
+        for i in range(n):
+            jpeg, caption = photos[i % pool]
+            comment = f"image {i}".encode()
+            unique = jpeg[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + jpeg[2:]
+            tsv.write(b"%d\t%s\n" % (1_000_000 + i, pybase64.b64encode(unique)))
+            ids = [1_000_000 + i] if i % 3 else [1_000_000 + i, 1_000_000 + (i * 7 + 1) % n]
+            texts.write(json.dumps({"text_id": i + 1, "text": f"{caption}（{i}）", "image_ids": ids},
+                                   ensure_ascii=False) + "\n")
+    return os.path.getsize(tsv_path)
+
+
 def build_lmdb_chinese_clip(root: str, splits: list[str]) -> str:
     """Run Chinese-CLIP's own `build_lmdb_dataset.py` (cn-clip 1.6.0) on `root`; return `root/lmdb`."""
     subprocess.run([sys.executable, "-m", "cn_clip.preprocess.build_lmdb_dataset", "--data_dir", root,
