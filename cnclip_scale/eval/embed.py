@@ -59,7 +59,8 @@ def _thumbnail(image: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def _autocast(device: torch.device, dtype: torch.dtype):
+def _autocast(device, dtype: torch.dtype):
+    device = torch.device(device)
     enabled = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
     return torch.autocast(device.type, dtype=dtype, enabled=enabled)
 

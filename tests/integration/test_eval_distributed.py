@@ -68,11 +68,13 @@ def runs(tmp_path_factory):
     write_checkpoint(model.state_dict(), model.config, ckpt, "native")
     # 31 images in shards of 7: 5 shards of uneven size, rank shares 16/15, workers get 8/8/8/7.
     shards = build_shard_set(str(root / "img"), 31, 7, split="test")
+    classes = root / "classes.txt"   # caption stems ("…（k）" without the counter) as class names
+    classes.write_text("\n".join(sorted({t["text"].split("（")[0] for t in shards.truth.texts})), encoding="utf-8")
     by_text = build_shard_set(str(root / "txt"), 31, 9, group="text", split="test", seed_dir=str(root / "txt_seed"))
     return {
         "seed": evaluate(root / "seed", ckpt, shards.seed_dir, 1, "--workers", "0"),
         "one": evaluate(root / "one", ckpt, shards.url, 1, "--workers", "2", "--save-features"),
-        "two": evaluate(root / "two", ckpt, shards.url, 2, "--workers", "2"),
+        "two": evaluate(root / "two", ckpt, shards.url, 2, "--workers", "2", "--zeroshot-classes", str(classes)),
         "sharded": evaluate(root / "sharded", ckpt, shards.url, 2, "--workers", "1", "--gallery-sharded"),
         "by_text": evaluate(root / "by_text", ckpt, by_text.url, 2, "--workers", "1"),
         "truth": shards.truth, "seed_dir": shards.seed_dir,
@@ -98,6 +100,12 @@ def test_every_image_and_text_once(runs):
     full = np.load(ok(runs["two"]) / "test_imgs.img_feat.npy")
     sharded = np.concatenate([np.load(ok(runs["sharded"]) / f"test_imgs.part{r:05d}-of-00002.img_feat.npy") for r in range(2)])
     assert np.array_equal(full, sharded[np.argsort(parts[0] + parts[1])])
+
+
+def test_zeroshot_scores_every_image(runs):
+    zs = json.loads((ok(runs["two"]) / "summary.json").read_text())["zeroshot"]
+    assert zs["images"] == len(runs["truth"].images) and zs["unlabelled"] == 0 and zs["templates"] >= 12
+    assert 0 <= zs["top1"] <= zs["top5"] <= 100
 
 
 def test_feature_jsonl_matches_npy(runs):
@@ -129,3 +137,34 @@ def test_recall_equals_chinese_clip_evaluation_scripts(runs, tmp_path):
         assert (out / ours).read_text() == (tmp_path / theirs).read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["t2i"]["score"] == json.loads((tmp_path / "t2i.json").read_text())["score"]
+
+
+def test_report_renders_in_headless_chromium(runs, tmp_path):
+    """The 2-rank report (thumbnails from both ranks) in Debian's chromium: the screenshot shows photos and text."""
+    from PIL import Image, ImageStat
+
+    page = ok(runs["two"]) / "report.html"
+    body = page.read_text()
+    assert "http" not in body.replace("http-equiv", "")               # self-contained: nothing fetched
+    assert body.count("data:image/jpeg;base64,") >= 12 and "placeholder" not in body
+    assert runs["truth"].texts[0]["text"].split("（")[0] in body or "R@1" in body
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "chromium not installed (make install installs it; Debian package 'chromium')"
+    shot = tmp_path / "report.png"
+    proc = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                             "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+                             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,1400",
+                             f"--screenshot={shot}", page.as_uri()],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1000, 1400)
+    # A blank or text-only page has a handful of colours; photo thumbnails bring thousands.
+    colours = len(set(image.resize((500, 700)).getdata()))
+    assert colours > 2000, colours
+    assert max(ImageStat.Stat(image).stddev) > 30
