@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -50,31 +51,35 @@ def floor_part(tsv: str, start: int, end: int, out: str, decoder: str) -> None:
             o.write(decode(line[line.index(b"\t") + 1:].strip()))
 
 
-def _timed(command: list[str]) -> float:
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # includes grandchildren (pool workers) once waited
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(commands: list[list[str]]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of running `commands` in parallel to completion.
+    CPU seconds are reported too because wall time is only meaningful on an otherwise idle machine."""
     os.sync()  # earlier runs' dirty pages must not be flushed on this run's clock
-    began = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - began
+    cpu, began = _cpu(), time.perf_counter()
+    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in commands]
+    if any(p.wait() for p in procs):
+        raise RuntimeError(f"failed: {commands[0]}")
+    return time.perf_counter() - began, _cpu() - cpu
 
 
-def run_floor(folder: str, decoder: str) -> float:
+def run_floor(folder: str, decoder: str) -> tuple[float, float]:
     tsv = os.path.join(folder, "train_imgs.tsv")
     size = os.path.getsize(tsv)
     with open(tsv, "rb") as f:  # split at the first line start after the middle
         f.seek(size // 2)
         f.readline()
         middle = f.tell()
-    os.sync()
-    began = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, __file__, "--floor-part", tsv, str(a), str(b),
-                               os.path.join(folder, f"floor{k}.bin"), decoder])
-             for k, (a, b) in enumerate(((0, middle), (middle, size)))]
-    if any(p.wait() for p in procs):
-        raise RuntimeError("floor process failed")
-    seconds = time.perf_counter() - began
-    for k in range(2):
-        os.remove(os.path.join(folder, f"floor{k}.bin"))
-    return seconds
+    outs = [os.path.join(folder, f"floor{k}.bin") for k in range(2)]
+    result = _timed([[sys.executable, __file__, "--floor-part", tsv, str(a), str(b), out, decoder]
+                     for out, (a, b) in zip(outs, ((0, middle), (middle, size)))])
+    for out in outs:
+        os.remove(out)
+    return result
 
 
 def main() -> None:
@@ -107,29 +112,37 @@ def main() -> None:
                      "--dst", os.path.join(folder, "shards"), "--splits", "train", "--workers", "2",
                      "--overwrite", "--no-progress"],
         }
-        times: dict[str, list[float]] = {k: [] for k in (*contenders, "floor", "floor_stdlib")}
+        load_before = os.getloadavg()[0]
+        runs: dict[str, list[tuple[float, float]]] = {k: [] for k in (*contenders, "floor", "floor_stdlib")}
         for _ in range(args.repeat):
             for name, command in contenders.items():
-                times[name].append(_timed(command))
+                runs[name].append(_timed([command]))
                 shutil.rmtree(os.path.join(folder, "lmdb" if name == "baseline" else "shards"))
-            times["floor"].append(run_floor(folder, "pybase64"))
-            times["floor_stdlib"].append(run_floor(folder, "binascii"))
-        seconds = {k: statistics.median(v) for k, v in times.items()}
+            runs["floor"].append(run_floor(folder, "pybase64"))
+            runs["floor_stdlib"].append(run_floor(folder, "binascii"))
+        seconds = {k: statistics.median(w for w, _ in v) for k, v in runs.items()}
+        cpu = {k: statistics.median(c for _, c in v) for k, v in runs.items()}
         print(f"input: {args.images} images, {size / 1e6:.0f} MB of base64 TSV ({size / args.images / 1e3 * 3 / 4:.0f} KB "
               f"per JPEG), {os.cpu_count()} CPUs, median of {args.repeat}")
-        print(f"{'contender':<14}{'seconds':>9}{'samples/s':>11}{'MB/s in':>9}")
+        print(f"load average before: {load_before:.1f}, after: {os.getloadavg()[0]:.1f} "
+              f"(wall-clock numbers assume an idle machine; CPU seconds are steadier)")
+        print(f"{'contender':<14}{'seconds':>9}{'samples/s':>11}{'MB/s in':>9}{'CPU s':>8}")
         for name, s in seconds.items():
-            print(f"{name:<14}{s:>9.2f}{args.images / s:>11.0f}{size / 1e6 / s:>9.0f}")
+            print(f"{name:<14}{s:>9.2f}{args.images / s:>11.0f}{size / 1e6 / s:>9.0f}{cpu[name]:>8.2f}")
         ratio = seconds["baseline"] / seconds["ours"]
         floor_ratio = seconds["ours"] / seconds["floor"]
         print(f"ours vs LMDB builder: {ratio:.2f}x as fast (target > 1)")
         print(f"ours vs floor: {floor_ratio:.2f}x the floor's time (target <= 1.3); "
               f"vs a stdlib-base64 floor: {seconds['ours'] / seconds['floor_stdlib']:.2f}x")
+        print(f"in CPU seconds: LMDB builder / ours = {cpu['baseline'] / cpu['ours']:.2f}, "
+              f"ours / floor = {cpu['ours'] / cpu['floor']:.2f}, ours / stdlib floor = {cpu['ours'] / cpu['floor_stdlib']:.2f}")
         print("BENCH " + json.dumps({
             "stage": "to_shards", "unit": "samples/s", "ours": round(args.images / seconds["ours"], 1),
             "baseline": round(args.images / seconds["baseline"], 1), "ratio": round(ratio, 3), "target": 1.0,
             "floor": round(args.images / seconds["floor"], 1), "floor_ratio": round(floor_ratio, 3),
-            "floor_target": 1.3, "images": args.images, "mb_in": round(size / 1e6, 1)}))
+            "floor_target": 1.3, "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
+            "load_before": round(load_before, 1),
+            "images": args.images, "mb_in": round(size / 1e6, 1)}))
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

@@ -1,7 +1,9 @@
 """Cheap image validation: real format from the header, plus the format's end marker.
 
 A full decode costs ~100x more than this and is only done when asked (`full=True`). The end-marker
-check is what catches the common damage in base64 dumps: images cut short.
+check is what catches the common damage in base64 dumps: images cut short. JPEG and PNG (nearly all
+of Chinese-CLIP's data) are checked by walking their headers here, which is ~20x cheaper than
+PIL.Image.open (it parses every quantisation and Huffman table); other formats go through PIL.
 """
 from __future__ import annotations
 
@@ -39,10 +41,54 @@ def _magic_format(data: bytes) -> str | None:
     return "WEBP" if data[:4] == b"RIFF" and data[8:12] == b"WEBP" else None
 
 
+def _check_jpeg_header(data: bytes) -> None:
+    """Walk the marker segments from SOI to the frame header (SOFn), which must hold a real size."""
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            raise BadRecord("not_an_image", f"JPEG header broken at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if pos + 9 > end:
+                break
+            height, width = int.from_bytes(data[pos + 5:pos + 7], "big"), int.from_bytes(data[pos + 7:pos + 9], "big")
+            if not width:
+                raise BadRecord("not_an_image", "JPEG frame header with zero width")
+            return
+        if marker in (0xDA, 0xD9):
+            raise BadRecord("not_an_image", "JPEG scan before any frame header")
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    raise BadRecord("truncated_image", f"JPEG of {len(data)} bytes ends inside its header")
+
+
+def _check_png_header(data: bytes) -> None:
+    if len(data) < 33:
+        raise BadRecord("truncated_image", f"PNG of {len(data)} bytes ends inside its header")
+    if data[8:16] != b"\x00\x00\x00\x0dIHDR" or not int.from_bytes(data[16:20], "big") \
+            or not int.from_bytes(data[20:24], "big"):
+        raise BadRecord("not_an_image", "PNG without a valid IHDR chunk")
+
+
+_FAST = {"JPEG": (_check_jpeg_header, "jpg"), "PNG": (_check_png_header, "png")}
+
+
 def check_image(data: bytes, full: bool = False) -> str:
     """Return the extension for `data` ("jpg", "png", ...) or raise BadRecord saying what is wrong."""
     if not data:
         raise BadRecord("not_an_image", "0 bytes")
+    fmt = _magic_format(data)
+    if fmt in _FAST and not full:
+        check_header, ext = _FAST[fmt]
+        check_header(data)
+        if not _complete(fmt, data):
+            raise BadRecord("truncated_image", f"{fmt} of {len(data)} bytes has no end marker")
+        return ext
     try:
         image = Image.open(io.BytesIO(data), formats=list(EXTENSIONS))
     except UnidentifiedImageError:

@@ -111,6 +111,24 @@ class Destination:
             self.fs.rm([self.path(p) for p in rel_paths])
 
 
+def ustar_header(name: str, size: int) -> bytes:
+    """The 512-byte ustar header tarfile would write for a regular file (mode 0444, owner root,
+    mtime 0), built directly: TarInfo.tobuf costs ~90 us, a tenth of a 100 KB image's whole budget.
+    Sample keys keep names ASCII and short; anything else is refused rather than mis-encoded."""
+    encoded = name.encode("ascii")
+    if len(encoded) > 100 or size >= 8 ** 11:
+        raise ValueError(f"tar member {name!r} of {size} bytes does not fit a plain ustar header")
+    header = bytearray(512)
+    header[0:len(encoded)] = encoded
+    for start, width, value in ((100, 8, 0o444), (108, 8, 0), (116, 8, 0), (124, 12, size), (136, 12, 0)):
+        header[start:start + width] = b"%0*o\0" % (width - 1, value)
+    header[148:156] = b" " * 8  # checksum is computed with its own field as spaces
+    header[156:157] = tarfile.REGTYPE
+    header[257:265] = tarfile.POSIX_MAGIC
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
 class TarShard:
     """Tar members with fixed metadata (mtime 0, root, 0444) so equal input gives equal bytes;
     the sha256 and size are computed on the way out instead of re-reading the shard."""
@@ -126,9 +144,7 @@ class TarShard:
         self.size += len(data)
 
     def add(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), 0, 0o444
-        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        self._write(ustar_header(name, len(data)))
         self._write(data)
         if len(data) % tarfile.BLOCKSIZE:
             self._write(b"\0" * (tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))

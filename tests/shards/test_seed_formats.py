@@ -120,3 +120,27 @@ def test_full_verify_catches_damage_the_cheap_check_cannot_see():
     jpeg[len(jpeg) // 2:len(jpeg) // 2 + 400] = b"\xff\xc4" * 200  # scan data wrecked, end marker intact
     assert check_image(bytes(jpeg)) == "jpg"
     assert reason(check_image, bytes(jpeg), True) == "corrupt_image"
+
+
+def test_fast_jpeg_and_png_checks_agree_with_pil_on_damage():
+    jpeg, png = make_image(2, 96)[0], make_image(2, 32, fmt="PNG")[0]
+    assert reason(check_image, jpeg[:40]) == "truncated_image"       # cut inside the header
+    assert reason(check_image, png[:20]) == "truncated_image"
+    broken = jpeg[:2] + b"\x00" + jpeg[3:]
+    assert reason(check_image, broken) == "not_an_image"
+    assert reason(check_image, b"\xff\xd8\xff\xda" + jpeg[4:]) == "not_an_image"  # scan before any frame
+    for data in (jpeg, png):
+        assert check_image(data) == check_image(data, full=True)
+
+
+def test_tar_headers_are_what_tarfile_writes():
+    import tarfile
+
+    from cnclip_scale.shards.writer import ustar_header
+
+    for name, size in [("1000000.jpg", 123457), ("k" * 95 + ".json", 0), ("_h" + "0" * 40 + ".webp", 8 ** 11 - 1)]:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = size, 0, 0o444
+        assert ustar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT)
+    with pytest.raises(ValueError):
+        ustar_header("图.jpg", 1)
