@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+	@# Headless chromium (and CJK fonts) renders the evaluator's report.html in tests/integration/test_eval_distributed.py.
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-noto-cjk; }
 
 test: install
 	$(BIN)/python -m pytest -q -ra

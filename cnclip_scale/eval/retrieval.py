@@ -38,11 +38,13 @@ def order(values: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Tens
 
 
 def _chunk_best(s: torch.Tensor, k: int, gallery_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """This chunk's best ``k`` per row. ``topk`` picks arbitrarily among values tied at the k-th place, so rows
-    with such a tie are sorted in full (stable: lowest index first); ties elsewhere are fixed by ``order``."""
+    """This chunk's best ``k`` per row. ``topk`` picks arbitrarily among values tied at the k-th place (seen
+    as a (k+1)-th value equal to the k-th), so those rows are sorted in full (stable: lowest index first);
+    ties elsewhere are fixed by ``order``."""
     k = min(k, s.shape[1])
-    values, local = s.topk(k, dim=1)
-    tied = (s >= values[:, -1:]).sum(dim=1) > k
+    values, local = s.topk(min(k + 1, s.shape[1]), dim=1)
+    tied = values[:, k] == values[:, k - 1] if values.shape[1] > k else torch.zeros(len(s), dtype=torch.bool)
+    values, local = values[:, :k].contiguous(), local[:, :k].contiguous()
     if tied.any():
         rows = tied.nonzero().squeeze(1)
         full_values, full_local = s[rows].sort(dim=1, descending=True, stable=True)
