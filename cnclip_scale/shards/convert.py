@@ -139,8 +139,9 @@ class Workers:
 
         def refresh():
             while not stop.wait(0.25):
-                bar.n = initial + self.samples.value
-                bar.set_postfix_str(f"{self.nbytes.value / 1e6 / max(time.time() - began, 1e-6):.0f} MB/s")
+                bar.set_postfix_str(f"{self.nbytes.value / 1e6 / max(time.time() - began, 1e-6):.0f} MB/s",
+                                    refresh=False)
+                bar.update(initial + self.samples.value - bar.n)  # update(), not n=: it drives the rate
 
         ticker = threading.Thread(target=refresh, daemon=True)
         ticker.start()
@@ -151,7 +152,7 @@ class Workers:
         finally:
             stop.set()
             ticker.join()
-            bar.n = initial + self.samples.value
+            bar.update(initial + self.samples.value - bar.n)
             bar.close()
 
 
@@ -219,6 +220,14 @@ def _manifest(split: str, source: SplitSource, opts: Options, stats: list[dict],
             "seconds": round(seconds, 3)}
 
 
+def _shard_file(split: str, name: str) -> bool:
+    return re.fullmatch(rf"{re.escape(split)}-\d{{6}}\.(tar|stats\.json)", name) is not None
+
+
+def _ours(split: str, name: str) -> bool:
+    return _shard_file(split, name) or name in ("manifest.json", "rejects.jsonl") or TMP_MARK in name
+
+
 def convert_split(src: str, split: str, dest: Destination, opts: Options) -> dict:
     """Convert one split; return its manifest (also written to DST/{split}/manifest.json)."""
     began = time.time()
@@ -226,9 +235,9 @@ def convert_split(src: str, split: str, dest: Destination, opts: Options) -> dic
         source = load_split(src, split, opts.source_kind, workers.pool, opts.workers)
         tasks = _tasks(source, split, dest.url, opts)
         listing = dest.list_sizes(split)
-        if opts.overwrite and listing:
-            dest.remove([f"{split}/{name}" for name in listing])
-            listing = {}
+        if opts.overwrite:  # only what this tool writes: the folder may hold the user's own files
+            dest.remove([f"{split}/{n}" for n in listing if _ours(split, n)])
+            listing = {n: size for n, size in listing.items() if not _ours(split, n)}
         done = _finished(dest, split, tasks, listing)
         todo = [t for t in tasks if t.index not in done]
         if todo:  # the split is changing: its old manifest must not describe the new shards
@@ -238,8 +247,7 @@ def convert_split(src: str, split: str, dest: Destination, opts: Options) -> dic
     stats = sorted([*done.values(), *built], key=lambda s: s["index"])
     totals, rejects = _account(source, stats)
     keep = {stats_name(split, s["index"]) for s in stats} | {s["shard"] for s in stats if s["shard"]}
-    ours = re.compile(rf"^{re.escape(split)}-\d{{6}}\.(tar|stats\.json)$")
-    dest.remove([f"{split}/{n}" for n in dest.list_sizes(split) if ours.match(n) and n not in keep])
+    dest.remove([f"{split}/{n}" for n in dest.list_sizes(split) if _shard_file(split, n) and n not in keep])
     dest.write_lines(f"{split}/rejects.jsonl", rejects)
     manifest = _manifest(split, source, opts, stats, totals, rejects, time.time() - began)
     manifest["resumed_shards"] = len(done)

@@ -76,5 +76,7 @@ def test_stats_that_do_not_match_the_tar_or_the_options_are_not_trusted(many_sha
     manifest = json.loads((out / "train" / "manifest.json").read_text())
     assert manifest["resumed_shards"] == 0 and len(manifest["shards"]) == 8
     assert sorted(n for n in os.listdir(out / "train") if n.endswith(".tar")) == [s["shard"] for s in manifest["shards"]]
+    (out / "train" / "NOTES.txt").write_text("the user's own file")
     assert convert("--src", root, "--dst", out, "--splits", "train", "--samples-per-shard", "50", "--overwrite") == 0
     assert json.loads((out / "train" / "manifest.json").read_text())["resumed_shards"] == 0
+    assert (out / "train" / "NOTES.txt").read_text() == "the user's own file"
