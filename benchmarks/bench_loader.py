@@ -21,7 +21,6 @@ import json
 import os
 import resource
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -34,36 +33,17 @@ sys.path.insert(0, REPO)
 BATCH, SIZE, SIDE = 64, 224, 800
 
 
-def generate(folder: str, n: int, pool: int = 64) -> None:
-    """train_imgs.tsv / train_texts.jsonl with `n` unique ~800 px JPEGs (a pool of real crops + comments)."""
-    import base64
-
-    from cnclip_scale.testing.images import make_image
-
-    photos = [make_image(i, SIDE, 90) for i in range(pool)]
-    with open(os.path.join(folder, "train_imgs.tsv"), "wb") as tsv, \
-            open(os.path.join(folder, "train_texts.jsonl"), "w", encoding="utf-8") as texts:
-        for i in range(n):
-            jpeg, caption = photos[i % pool]
-            comment = f"bench image {i}".encode()
-            unique = jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + jpeg[2:]
-            tsv.write(b"%d\t%s\n" % (1_000_000 + i, base64.b64encode(unique)))
-            ids = [1_000_000 + i] if i % 3 else [1_000_000 + i, 1_000_000 + (i * 7 + 1) % n]
-            texts.write(json.dumps({"text_id": i + 1, "text": f"{caption}（{i}）", "image_ids": ids},
-                                   ensure_ascii=False) + "\n")
-
-
 def prepare(folder: str, n: int) -> tuple[str, str, int]:
     """(shard folder, LMDB split folder, pairs) built from one generated seed split."""
     from cnclip_scale.shards.convert import Options, convert_split
     from cnclip_scale.shards.writer import Destination
+    from cnclip_scale.testing.seed_data import write_realistic_split
 
     seed, done = os.path.join(folder, "seed"), os.path.join(folder, f"prepared-{n}.json")
     if os.path.exists(done):                          # --keep: reuse what an earlier run built
         pairs = json.load(open(done))["pairs"]
         return os.path.join(folder, "shards", "train"), os.path.join(folder, "lmdb", "train"), pairs
-    os.makedirs(seed, exist_ok=True)
-    generate(seed, n)
+    write_realistic_split(seed, n, side=SIDE, pool=64)
     manifest = convert_split(seed, "train", Destination(os.path.join(folder, "shards")),
                              Options(group="pair", samples_per_shard=512, workers=2, progress=False))
     subprocess.run([sys.executable, "-m", "cn_clip.preprocess.build_lmdb_dataset", "--data_dir", seed,

@@ -11,8 +11,6 @@ rank waits on another mid-stream. Damaged samples are skipped and counted like i
 """
 from __future__ import annotations
 
-import os
-
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -85,14 +83,6 @@ class ShardEvalStream(_EvalBase):
                                                     f"{type(err).__name__}: {err}")
 
 
-def _line_start(f, offset: int) -> int:
-    """The first line start at or after ``offset``."""
-    if offset == 0:
-        return 0
-    f.seek(offset - 1)
-    return offset - 1 + len(f.readline())
-
-
 class SeedEvalStream(_EvalBase):
     def __init__(self, images_tsv: str, texts_jsonl: str, **kw):
         super().__init__(**kw)
@@ -113,18 +103,20 @@ class SeedEvalStream(_EvalBase):
         return captions
 
     def _items(self, counters: Counters, transform):
-        start, stop = self._range(os.path.getsize(self.images_tsv))
-        with open(self.images_tsv, "rb") as f:
-            start, stop = _line_start(f, start), _line_start(f, stop)
-        if start >= stop:
+        slot, per_rank = _slot(self.rank, self.workers)
+        cuts = sf.tsv_line_starts(self.images_tsv, self.world_size * per_rank)
+        if cuts[slot] >= cuts[slot + 1]:
             return
         captions = self._captions(counters)
-        for _, offset, raw in sf.iter_tsv_lines(self.images_tsv, start, stop):
-            if not raw.strip():
+        for _, offset, line in sf.iter_tsv_lines(self.images_tsv, cuts[slot], cuts[slot + 1]):
+            try:
+                image_id, data = sf.read_tsv_image(line)
+            except sf.BadRecord as bad:
+                if bad.reason != "blank_line":
+                    counters.bad("corrupt_samples", f"{self.images_tsv} line at byte {offset}: skipped: {bad}")
                 continue
             try:
-                image_id, b64 = sf.parse_tsv_line(raw)
-                image = decode_image(sf.decode_base64(b64), self.image_size)
-                yield transform(image), image_id, captions.get(image_id, []), image_id
+                yield transform(decode_image(data, self.image_size)), image_id, captions.get(image_id, []), image_id
             except Exception as err:
-                counters.bad("corrupt_samples", f"{self.images_tsv} line at byte {offset}: skipped: {type(err).__name__}: {err}")
+                counters.bad("corrupt_samples", f"{self.images_tsv} image {image_id}: skipped: "
+                                                f"{type(err).__name__}: {err}")

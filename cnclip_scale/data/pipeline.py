@@ -28,6 +28,7 @@ reads a Chinese-CLIP seed folder (``{split}_imgs.tsv`` + ``{split}_texts.jsonl``
 """
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import multiprocessing
@@ -76,81 +77,97 @@ class TrainConfig:
     image_size: int
     context_length: int = 52
     train_augment: bool = False
-    shuffle_buffer: int = 1000
-    shard_shuffle: bool = True
-    epoch_samples: int | None = None
     storage_options: dict = field(default_factory=dict)
 
-    @property
-    def total_samples(self) -> int:
-        return sum(s.samples for s in self.shards)
 
-    def plan(self) -> list[st.SlotPlan]:
-        return st.plan_rank(self.total_samples, self.layout, self.rank, self.epoch_samples)
+@dataclass
+class EpochPart:
+    """The epoch a stream reads: normally all of it (``view.total``); after a layout change, the rest.
+    ``remaining`` holds only this rank's stretch of ``view.remaining`` (from ``offset``), to keep the
+    pickle sent to each worker small."""
+    epoch: int
+    view: st.EpochView
+    offset: int = 0
+    remaining: list | None = None
+
+    @classmethod
+    def of(cls, epoch: int, view: st.EpochView, layout: st.Layout, rank: int) -> "EpochPart":
+        if view.remaining is None:
+            return cls(epoch, view)
+        plans = st.plan_rank(view.total, layout, rank)
+        lo, hi = plans[0].start, plans[-1].stop
+        return cls(epoch, st.EpochView(view.total, None, view.level), lo, view.remaining[lo:hi])
+
+    def global_index(self, position: int) -> int:
+        """Position in the view -> position in the epoch's full shard-ordered sequence."""
+        return position if self.remaining is None else self.remaining[position - self.offset]
 
 
 class _SlotInputs:
     """A slot's input samples in reading order, as (input index, RawSample or None)."""
 
-    def __init__(self, cfg: TrainConfig, epoch: int, plan: st.SlotPlan, skip: set, counters: Counters):
-        self.cfg, self.epoch, self.plan, self.skip, self.counters = cfg, epoch, plan, skip, counters
+    def __init__(self, cfg: TrainConfig, part: EpochPart, plan: st.SlotPlan, skip: set, counters: Counters):
+        self.cfg, self.part, self.plan, self.skip, self.counters = cfg, part, plan, skip, counters
 
     def _segments(self):
-        """(shard, first sample in shard, count, input index of that first sample)."""
-        cfg = self.cfg
+        """(shard, {sample index in shard: input index}) in reading order."""
+        cfg, epoch = self.cfg, self.part.epoch
         if cfg.layout.mode == "resampled":
-            draw = st.rng("draw", cfg.layout.seed, self.epoch, cfg.rank, self.plan.slot)
+            draw = st.rng("draw", *st.slot_seed(cfg.layout, epoch, cfg.rank, self.plan.slot, self.part.view.level))
             base = 0
             while True:
                 shard = draw.choices(cfg.shards, weights=cfg.weights)[0]
-                yield shard, 0, shard.samples, base
+                yield shard, {i: base + i for i in range(shard.samples)}
                 base += shard.samples
-        offset = 0
-        for i in st.shard_order(len(cfg.shards), cfg.layout.seed, self.epoch, cfg.shard_shuffle):
-            shard = cfg.shards[i]
-            lo, hi = max(self.plan.start, offset), min(self.plan.stop, offset + shard.samples)
-            if lo < hi:
-                yield shard, lo - offset, hi - lo, lo - self.plan.start
-            offset += shard.samples
-            if offset >= self.plan.stop:
-                return
+        # Exact: this slot's stretch of the epoch's sequence, grouped by shard (ascending positions).
+        order = st.shard_order(len(cfg.shards), cfg.layout.seed, epoch, cfg.layout.shard_shuffle)
+        starts, offset = {}, 0
+        for i in order:
+            starts[i], offset = offset, offset + cfg.shards[i].samples
+        bounds = [starts[i] for i in order] + [offset]
+        segment, current = {}, None
+        for n, position in enumerate(range(self.plan.start, self.plan.stop)):
+            g = self.part.global_index(position)
+            k = bisect.bisect_right(bounds, g) - 1
+            if k != current and segment:
+                yield cfg.shards[order[current]], segment
+                segment = {}
+            current = k
+            segment[g - bounds[k]] = n
+        if segment:
+            yield cfg.shards[order[current]], segment
 
     def __iter__(self):
-        for shard, first, count, base in self._segments():
-            if count == 0:
-                continue
-            wanted = lambda i, base=base, first=first: base + i - first not in self.skip  # noqa: E731
-            for i, raw in read_samples(shard.url, first, count, wanted, self.counters, self.cfg.storage_options):
-                yield base + i - first, raw
+        for shard, index in self._segments():
+            first, last = min(index), max(index)
+            wanted = lambda i, index=index: i in index and index[i] not in self.skip  # noqa: E731
+            for i, raw in read_samples(shard.url, first, last - first + 1, wanted, self.counters,
+                                       self.cfg.storage_options):
+                yield index[i], raw
 
 
 class TrainStream(IterableDataset):
     """One rank's epoch from ``batches`` on; DataLoader worker ``w`` plays slot ``(w + batches) % K``."""
 
-    def __init__(self, cfg: TrainConfig, epoch: int, batches: int = 0, positions: dict | None = None):
-        self.cfg, self.epoch, self.batches, self.positions = cfg, epoch, batches, dict(positions or {})
+    def __init__(self, cfg: TrainConfig, part: EpochPart, batches: int = 0, positions: dict | None = None):
+        self.cfg, self.part, self.batches, self.positions = cfg, part, batches, dict(positions or {})
 
     def __iter__(self):
         info = get_worker_info()
-        k = self.cfg.layout.slots
         worker = info.id if info is not None else 0
-        slots = [(worker + self.batches) % k] if info is not None else [(w + self.batches) % k for w in range(k)]
-        streams = [self._slot(s) for s in slots]
-        # In-process (workers=0): interleave the slots round-robin exactly as a DataLoader would.
-        for batch in itertools.chain.from_iterable(itertools.zip_longest(*streams)):
-            if batch is not None:
-                yield batch
+        yield from self._slot((worker + self.batches) % self.cfg.layout.slots)
 
     def _slot(self, slot: int):
-        cfg = self.cfg
-        plan = cfg.plan()[slot]
-        seed, counters = (cfg.layout.seed, self.epoch, cfg.rank, slot), Counters()
+        cfg, part = self.cfg, self.part
+        plan = st.plan_rank(part.view.total, cfg.layout, cfg.rank)[slot]
+        seed, counters = st.slot_seed(cfg.layout, part.epoch, cfg.rank, slot, part.view.level), Counters()
         first_batch = st.consumed_batches(slot, self.batches, cfg.layout.slots)
         position = int(self.positions.get(str(slot), 0))
         count = None if cfg.layout.mode == "resampled" else plan.stop - plan.start
-        order = st.buffered_order(itertools.count() if count is None else range(count), cfg.shuffle_buffer, seed)
+        order = st.buffered_order(itertools.count() if count is None else range(count), cfg.layout.shuffle_buffer,
+                                  seed)
         skip = set(itertools.islice(order, position))        # inputs used before the saved position
-        inputs, pending = iter(_SlotInputs(cfg, self.epoch, plan, skip, counters)), {}
+        inputs, pending = iter(_SlotInputs(cfg, part, plan, skip, counters)), {}
         transform = resize_to_uint8(cfg.image_size, train=cfg.train_augment)
         last_good = None
         for b in range(first_batch, len(plan.batch_sizes)):
@@ -173,7 +190,7 @@ class TrainStream(IterableDataset):
             if not items:
                 # Damage left a planned batch empty; an empty batch would break the step on this rank
                 # only, so repeat one good sample (counted) to keep every rank in step.
-                items = [last_good or self._any_good(transform, counters)]
+                items = [last_good or self._any_good(transform)]
                 counters.values["filler_samples"] += 1
             yield self._collate(items, slot, position, counters)
 
@@ -188,7 +205,7 @@ class TrainStream(IterableDataset):
             counters.bad("corrupt_samples", f"shard {raw.url} key {raw.key}: skipped: {type(err).__name__}: {err}")
             return None
 
-    def _any_good(self, transform, counters: Counters):
+    def _any_good(self, transform):
         for shard in self.cfg.shards:
             for _, raw in read_samples(shard.url, 0, shard.samples, lambda i: True, Counters(),
                                        self.cfg.storage_options):
@@ -211,9 +228,12 @@ class TrainLoader:
     def __init__(self, cfg: TrainConfig, *, workers: int, prefetch_factor: int = 2, mp_context: str | None = None):
         self.cfg, self.workers, self.prefetch_factor = cfg, workers, prefetch_factor
         self.mp_context = _mp_context(cfg.shards, mp_context)
-        self.batches_per_epoch = st.batches_per_rank(cfg.total_samples, cfg.layout, cfg.epoch_samples)
-        cfg.plan()  # raises now, not in a worker, if the plan is impossible
-        self._state = st.fresh_state(0, cfg.layout)
+        # Fail now, not in a worker, if the data cannot give every rank a batch.
+        if st.batches_per_rank(cfg.layout.epoch_total, cfg.layout) == 0:
+            raise ValueError(f"{cfg.layout.epoch_total} samples give no batch to each of {cfg.layout.world_size} "
+                             f"ranks (batch size {cfg.layout.batch_size}, drop_last={cfg.layout.drop_last})")
+        st.plan_rank(cfg.layout.epoch_total, cfg.layout, cfg.rank)
+        self._state, self._view = st.fresh_state(0, cfg.layout), None
         self._counts = dict.fromkeys(COUNTER_NAMES, 0)
 
     @property
@@ -221,30 +241,45 @@ class TrainLoader:
         return self._state["epoch"]
 
     @property
+    def view(self) -> st.EpochView:
+        """What the current epoch reads (all of it, unless it was resumed under another layout)."""
+        if self._view is None:
+            self._view = st.epoch_view(self.cfg.layout, self._state["epoch"], self._state.get("reshard"))
+        return self._view
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches every rank yields in the current epoch (the same on all ranks)."""
+        return st.batches_per_rank(self.view.total, self.cfg.layout)
+
+    @property
     def samples_per_epoch(self) -> int:
-        """Samples all ranks together take per epoch (what the plan reads)."""
-        plans = [st.plan_rank(self.cfg.total_samples, self.cfg.layout, r, self.cfg.epoch_samples)
-                 for r in range(self.cfg.layout.world_size)]
-        return sum(sum(p.batch_sizes) for plan in plans for p in plan)
+        """Samples all ranks together take in the current epoch."""
+        layout = self.cfg.layout
+        return sum(sum(p.batch_sizes) for r in range(layout.world_size)
+                   for p in st.plan_rank(self.view.total, layout, r))
 
     def __len__(self) -> int:
         return self.batches_per_epoch
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self._state["epoch"]:
-            self._state = st.fresh_state(epoch, self.cfg.layout)
+            self._state, self._view = st.fresh_state(epoch, self.cfg.layout), None
 
     def __iter__(self):
         state = self._state
         if state["batches"] >= self.batches_per_epoch:
             return
-        stream = TrainStream(self.cfg, state["epoch"], state["batches"], state["positions"])
+        part = EpochPart.of(state["epoch"], self.view, self.cfg.layout, self.cfg.rank)
+        stream = TrainStream(self.cfg, part, state["batches"], state["positions"])
         if self.workers == 0:
             batches = iter(stream)
         else:
+            # Its own generator: a DataLoader otherwise draws its workers' base seed from the global torch RNG,
+            # so starting an iterator would shift the trainer's dropout stream and break exact resume.
             batches = iter(DataLoader(stream, batch_size=None, num_workers=self.workers,
                                       pin_memory=torch.cuda.is_available(), prefetch_factor=self.prefetch_factor,
-                                      multiprocessing_context=self.mp_context))
+                                      multiprocessing_context=self.mp_context, generator=torch.Generator()))
         for batch in batches:
             meta = batch.pop("_loader")
             # Recorded as the consumer takes the batch: DataLoader prefetching never moves the position.
@@ -261,30 +296,43 @@ class TrainLoader:
 
     def state_dict(self, gather: bool = False) -> dict:
         """JSON-serialisable position after the last batch taken. ``gather=True`` (a collective: every rank
-        calls it) returns all ranks' positions in one dict, so rank 0 alone can save it."""
+        calls it) adds all ranks' positions, so one rank's copy resumes every rank — and lets a resume
+        under another world size / worker count / batch size continue the epoch without repeats."""
         state = {**self._state, "positions": dict(self._state["positions"]), "rank": self.cfg.rank,
                  "counts": dict(self._counts)}
         if gather and torch.distributed.is_available() and torch.distributed.is_initialized():
             everyone = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(everyone, state)
-            state = {**state, "ranks": {str(s["rank"]): s["positions"] for s in everyone}}
+            state["ranks"] = {str(s["rank"]): s["positions"] for s in everyone}
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume from ``state_dict()`` of this rank, or a gathered one. The layout (world size, workers,
-        batch size, mode, seed) must match; otherwise the saved epoch restarts (see docs/data_pipeline.md)."""
-        why = st.check_state(state, self.cfg.layout)
-        if why:
-            log.warning("data state from another layout (%s): restarting epoch %d from its start",
-                        why, state.get("epoch", 0))
-            self._state = st.fresh_state(int(state.get("epoch", 0)), self.cfg.layout)
+        """Resume from ``state_dict()``: exactly under the same layout; under a new world size, worker count,
+        batch size or drop_last, the saved epoch goes on with the samples no rank had taken (needs a
+        gathered state when the old world size was > 1); after any other change, the epoch restarts."""
+        epoch = int(state.get("epoch", 0))
+        changes = st.layout_changes(state, self.cfg.layout)
+        ranks = state.get("ranks") or ({str(state.get("rank", 0)): state.get("positions", {})}
+                                       if state.get("layout", {}).get("world_size") == 1 else None)
+        if state.get("version") != st.STATE_VERSION or (changes and not (set(changes) <= set(st.RESHARDABLE)
+                                                                          and ranks is not None)):
+            log.warning("data state not resumable here (%s): restarting epoch %d from its start",
+                        st.check_state(state, self.cfg.layout) or "no gathered positions", epoch)
+            self._state, self._view = st.fresh_state(epoch, self.cfg.layout), None
             return
-        positions = state.get("ranks", {}).get(str(self.cfg.rank), state["positions"])
+        self._counts = {**dict.fromkeys(COUNTER_NAMES, 0), **state.get("counts", {})}
+        if changes:
+            log.warning("data layout changed (%s): epoch %d goes on with the samples not yet taken",
+                        st.check_state(state, self.cfg.layout), epoch)
+            reshard = {"layout": state["layout"], "ranks": ranks, "from": state.get("reshard")}
+            self._state, self._view = st.fresh_state(epoch, self.cfg.layout, reshard), None
+            return
         if "ranks" not in state and state.get("rank", self.cfg.rank) != self.cfg.rank:
             raise ValueError(f"state of rank {state['rank']} loaded on rank {self.cfg.rank}; save with gather=True")
-        self._state = {**st.fresh_state(int(state["epoch"]), self.cfg.layout), "batches": int(state["batches"]),
-                       "positions": {str(k): int(v) for k, v in positions.items()}}
-        self._counts = {**dict.fromkeys(COUNTER_NAMES, 0), **state.get("counts", {})}
+        positions = (state.get("ranks") or {}).get(str(self.cfg.rank), state["positions"])
+        self._state = {**st.fresh_state(epoch, self.cfg.layout, state.get("reshard")),
+                       "batches": int(state["batches"]), "positions": {str(k): int(v) for k, v in positions.items()}}
+        self._view = None
 
 
 def build_train_loader(sources, *, tokenizer, image_size: int, batch_size: int, workers: int, rank: int,
@@ -304,10 +352,11 @@ def build_train_loader(sources, *, tokenizer, image_size: int, batch_size: int, 
     if not resampled and len({s.weight for s in resolved}) > 1:
         log.warning("source weights only apply to resampled epochs; exact epochs read every sample once")
     shards = [shard for source in resolved for shard in source.shards]
-    layout = st.Layout(world_size, workers, batch_size, "resampled" if resampled else "exact", drop_last, seed)
+    layout = st.Layout(world_size, workers, batch_size, "resampled" if resampled else "exact", drop_last, seed,
+                       shuffle_buffer, shard_shuffle, epoch_samples if resampled else None,
+                       sum(s.samples for s in shards))
     cfg = TrainConfig(shards, [s.weight for s in resolved for _ in s.shards], layout, rank, tokenizer, image_size,
-                      context_length, train_augment, shuffle_buffer, shard_shuffle, epoch_samples,
-                      dict(storage_options or {}))
+                      context_length, train_augment, dict(storage_options or {}))
     return TrainLoader(cfg, workers=workers, prefetch_factor=prefetch_factor, mp_context=mp_context)
 
 

@@ -23,6 +23,7 @@ reading on, so batches are always full.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -82,17 +83,30 @@ def rank_batch_sizes(quota: int, batches: int, batch_size: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Layout:
-    """What the plan depends on besides the data; a resumed state must match it."""
+    """What the plan depends on; a state resumes exactly only under an equal layout."""
     world_size: int
     workers: int          # DataLoader workers per rank (0 counts as 1 slot, in-process)
     batch_size: int
     mode: str             # "exact" | "resampled"
     drop_last: bool
     seed: int
+    shuffle_buffer: int = 0
+    shard_shuffle: bool = True
+    epoch_samples: int | None = None   # resampled: samples per epoch (default: the data's total)
+    samples: int = 0                   # the data's total (a different dataset is a different plan)
 
     @property
     def slots(self) -> int:
         return max(self.workers, 1)
+
+    @property
+    def epoch_total(self) -> int:
+        """Samples an epoch spreads over the ranks (before a layout change cut it short)."""
+        return (self.epoch_samples or self.samples) if self.mode == "resampled" else self.samples
+
+
+# A layout change that keeps the data and its order; any other change restarts the epoch.
+RESHARDABLE = ("world_size", "workers", "batch_size", "drop_last")
 
 
 @dataclass(frozen=True)
@@ -104,28 +118,29 @@ class SlotPlan:
     stop: int = 0
 
 
-def batches_per_rank(total_samples: int, layout: Layout, epoch_samples: int | None = None) -> int:
+def batches_per_rank(total: int, layout: Layout) -> int:
+    """Batches every rank yields when ``total`` samples are spread (``Layout.epoch_total`` normally)."""
     w, b = layout.world_size, layout.batch_size
     if layout.mode == "resampled":
-        return max((epoch_samples or total_samples) // (w * b), 1)
+        return max(total // (w * b), 1)
     if layout.drop_last:
-        return total_samples // (w * b)
-    return -(-(-(-total_samples // w)) // b)   # ceil(ceil(S / W) / B)
+        return total // (w * b)
+    if total < w:                       # only after a layout change: the epoch's last few samples wait
+        return 0
+    return -(-(-(-total // w)) // b)   # ceil(ceil(S / W) / B)
 
 
-def plan_rank(total_samples: int, layout: Layout, rank: int, epoch_samples: int | None = None) -> list[SlotPlan]:
-    """The slots of ``rank``: their batch sizes and (exact mode) global sample ranges."""
-    k, nb, b = layout.slots, batches_per_rank(total_samples, layout, epoch_samples), layout.batch_size
-    if layout.mode == "resampled" or layout.drop_last:
+def plan_rank(total: int, layout: Layout, rank: int) -> list[SlotPlan]:
+    """The slots of ``rank``: their batch sizes and (exact mode) ranges of the epoch's sequence."""
+    k, nb, b = layout.slots, batches_per_rank(total, layout), layout.batch_size
+    if layout.mode == "resampled" or layout.drop_last or nb == 0:
         sizes = [b] * nb
         rank_start = rank * nb * b
     else:
         w = layout.world_size
-        if total_samples < w:
-            raise ValueError(f"exact epochs need at least one sample per rank: {total_samples} samples, {w} ranks")
-        quotas = [total_samples // w + (r < total_samples % w) for r in range(w)]
+        quotas = [total // w + (r < total % w) for r in range(w)]
         if quotas[-1] < nb:
-            raise ValueError(f"{total_samples} samples cannot give {w} ranks {nb} non-empty batches of <= {b}; "
+            raise ValueError(f"{total} samples cannot give {w} ranks {nb} non-empty batches of <= {b}; "
                              "use a larger batch size or drop_last=True")
         sizes = rank_batch_sizes(quotas[rank], nb, b)
         rank_start = sum(quotas[:rank])
@@ -137,20 +152,71 @@ def plan_rank(total_samples: int, layout: Layout, rank: int, epoch_samples: int 
     return plans
 
 
+def slot_seed(layout: Layout, epoch: int, rank: int, slot: int, level: int = 0) -> tuple:
+    """Seeds a slot's order and draws; ``level`` > 0 after layout changes, so new streams are new."""
+    return (layout.seed, epoch, rank, slot) + ((level,) if level else ())
+
+
+@dataclass(frozen=True)
+class EpochView:
+    """The part of an epoch still to read. Normally all of it; after a resume under a changed layout
+    (``RESHARDABLE``), what the old layout's ranks had not consumed."""
+    total: int                          # samples to spread over the ranks
+    remaining: list | None = None       # exact: positions of the epoch's sequence left, ascending
+    level: int = 0                      # how many layout changes this epoch went through
+
+
+def epoch_view(layout: Layout, epoch: int, reshard: dict | None) -> EpochView:
+    """``reshard``: ``{"layout", "ranks": {rank: {slot: position}}, "from": an earlier reshard or None}``."""
+    if not reshard:
+        return EpochView(layout.epoch_total)
+    old = Layout(**reshard["layout"])
+    before = epoch_view(old, epoch, reshard.get("from"))
+    consumed: set[int] = set()
+    used = 0
+    for rank, positions in reshard["ranks"].items():
+        plans = plan_rank(before.total, old, int(rank))
+        for slot, position in positions.items():
+            used += int(position)
+            if old.mode == "exact":
+                plan = plans[int(slot)]
+                order = buffered_order(range(plan.stop - plan.start), old.shuffle_buffer,
+                                       slot_seed(old, epoch, int(rank), int(slot), before.level))
+                consumed.update(plan.start + i for i in itertools.islice(order, int(position)))
+    if old.mode == "resampled":
+        return EpochView(max(before.total - used, 0), None, before.level + 1)
+    base = before.remaining if before.remaining is not None else range(before.total)
+    remaining = [g for i, g in enumerate(base) if i not in consumed]
+    if not feasible(len(remaining), layout):
+        # e.g. 5 left for 3 ranks at batch size 1: 2 batches each, but one rank has 1 sample. The
+        # last (len % world) samples wait for the next epoch rather than repeat or unbalance ranks.
+        remaining = remaining[: len(remaining) - len(remaining) % layout.world_size]
+    return EpochView(len(remaining), remaining, before.level + 1)
+
+
+def feasible(total: int, layout: Layout) -> bool:
+    """Whether an exact plan gives every rank the same number of non-empty batches."""
+    w, nb = layout.world_size, batches_per_rank(total, layout)
+    return layout.mode == "resampled" or layout.drop_last or nb == 0 or total // w >= nb
+
+
 def consumed_batches(slot: int, batches: int, slots: int) -> int:
     """How many of ``slot``'s batches are among the rank's first ``batches``."""
     return len(range(slot, batches, slots))
 
 
-def fresh_state(epoch: int, layout: Layout) -> dict:
+def fresh_state(epoch: int, layout: Layout, reshard: dict | None = None) -> dict:
     return {"version": STATE_VERSION, "epoch": epoch, "batches": 0, "positions": {},
-            "layout": layout.__dict__.copy()}
+            "layout": layout.__dict__.copy(), "reshard": reshard}
 
 
 def check_state(state: dict, layout: Layout) -> str | None:
     """None if ``state`` can resume under ``layout``, else why not (in words)."""
     if state.get("version") != STATE_VERSION:
         return f"state version {state.get('version')} != {STATE_VERSION}"
+    return "; ".join(f"{k} {v[0]} -> {v[1]}" for k, v in layout_changes(state, layout).items()) or None
+
+
+def layout_changes(state: dict, layout: Layout) -> dict:
     saved = state.get("layout", {})
-    diffs = [f"{k} {saved.get(k)} -> {v}" for k, v in layout.__dict__.items() if saved.get(k) != v]
-    return "; ".join(diffs) or None
+    return {k: (saved.get(k), v) for k, v in layout.__dict__.items() if saved.get(k) != v}

@@ -129,15 +129,64 @@ def test_position_counts_batches_taken_not_batches_prefetched(uneven, tokenizer)
     assert loader.stats()["batches"] == 1
 
 
-def test_state_from_another_layout_restarts_that_epoch(uneven, tokenizer, caplog):
+def _take(loader, n):
+    got = []
+    for batch in loader:
+        got.append(batch["keys"])
+        if len(got) == n:
+            break
+    return got
+
+
+def _gathered(loaders):
+    """What ``state_dict(gather=True)`` returns under torch.distributed, for ranks simulated in-process."""
+    states = [loader.state_dict() for loader in loaders]
+    return {**states[0], "ranks": {str(s["rank"]): s["positions"] for s in states}}
+
+
+def test_world_size_change_goes_on_with_the_samples_no_rank_took(uneven, tokenizer):
+    old = [_loader(uneven.url, tokenizer, rank=r, world=2, workers=2) for r in range(2)]
+    taken = []
+    for loader in old:
+        loader.set_epoch(1)
+        taken += [k for b in _take(loader, 1) for k in b]
+    state = json.loads(json.dumps(_gathered(old)))
+
+    new = [_loader(uneven.url, tokenizer, rank=r, world=3, workers=1, batch_size=2) for r in range(3)]
+    for loader in new:
+        loader.load_state_dict(state)
+        assert loader.epoch == 1
+    counts = {loader.batches_per_epoch for loader in new}
+    assert counts == {2}                                # 17 - 6 taken = 11 left: 4, 4, 3 in 2 batches of <= 2
+    # One more layout-preserving resume inside the resharded epoch: the chain is kept in the state.
+    first = [_take(loader, 1) for loader in new]
+    again = [_loader(uneven.url, tokenizer, rank=r, world=3, workers=1, batch_size=2) for r in range(3)]
+    for loader, source in zip(again, new):
+        loader.load_state_dict(json.loads(json.dumps(source.state_dict())))
+    rest = [[k for b in first[r] + _keys(again[r]) for k in b] for r in range(3)]
+    assert sorted(taken + [k for keys in rest for k in keys]) == sorted(uneven.keys())   # none repeated or lost
+    for loader in again:
+        loader.set_epoch(2)                                         # the next epoch is whole again
+    assert sorted(k for loader in again for b in _keys(loader) for k in b) == sorted(uneven.keys())
+
+
+def test_other_changes_restart_that_epoch(uneven, tokenizer, caplog):
     loader = _loader(uneven.url, tokenizer, workers=2)
     loader.set_epoch(1)
     next(iter(loader))
-    other = _loader(uneven.url, tokenizer, workers=1)
+    other = _loader(uneven.url, tokenizer, workers=2, seed=99)
     with caplog.at_level(logging.WARNING, logger="cnclip_scale.data"):
         other.load_state_dict(loader.state_dict())
-    assert "workers 2 -> 1" in caplog.text
-    assert other.epoch == 1 and other.state_dict()["batches"] == 0
+    assert "seed 7 -> 99" in caplog.text
+    assert other.epoch == 1 and other.state_dict()["batches"] == 0 and other.batches_per_epoch == 3
+    ungathered = _loader(uneven.url, tokenizer, workers=1)          # 2 ranks saved without gather=True
+    ungathered.load_state_dict(loader.state_dict())
+    assert ungathered.state_dict()["batches"] == 0 and ungathered.view.level == 0
+
+
+def test_too_little_data_for_the_ranks_fails_at_build(uneven, tokenizer):
+    with pytest.raises(ValueError, match="give no batch"):
+        _loader(uneven.url, tokenizer, world=2, batch_size=10, drop_last=True)
 
 
 def test_draft_decode_reduces_large_jpegs_but_never_below_the_target():

@@ -1,9 +1,11 @@
 """2 ranks × 2 DataLoader workers as real gloo processes, on 3 uneven shards (7, 7, 3 samples):
 fewer shards than ranks × workers. Equal batches per rank, exact coverage, seeded resampling, and
-resume in fresh processes continuing the uninterrupted key sequence on every rank.
+resume in fresh processes continuing the uninterrupted key sequence on every rank, and a resume on one
+rank (world size 2 -> 1) that finishes the epoch with exactly the samples the two ranks had not taken.
 
-Two launches in all (start-up dominates on CI): the first runs every uninterrupted job and the
-interrupted halves, the second resumes from the saved states in fresh processes."""
+Three launches in all (start-up dominates on CI): the first runs every uninterrupted job and the
+interrupted halves, the second resumes from the saved states in fresh processes, the third resumes
+the exact run's state on a single rank."""
 import pytest
 
 from integration.data_launch import run_ranks
@@ -29,6 +31,9 @@ def runs(tmp_path_factory):
     resumed = {f"{mode}-second": {**JOB, **extra, "source": shards.url, "state_in": str(root / f"{mode}-first.state.json")}
                for mode, extra in MODES.items()}
     outs.update(run_ranks(str(root), resumed))                   # fresh processes
+    single = {"exact-one-rank": {**JOB, **MODES["exact"], "source": shards.url,
+                                 "state_in": str(root / "exact-first.state.json")}}
+    outs.update(run_ranks(str(root), single, world=1))
     return shards, outs
 
 
@@ -65,3 +70,12 @@ def test_fresh_processes_reproduce_and_resume_the_key_sequence(runs, mode):
         first, second = outs[f"{mode}-first"][rank]["batches"], outs[f"{mode}-second"][rank]["batches"]
         assert len(first) == STOPS[mode] and second                  # the split is really mid-run
         assert first + second == outs[f"{mode}-full"][rank]["batches"]
+
+
+def test_resume_on_fewer_ranks_finishes_the_epoch_without_repeats(runs):
+    shards, outs = runs
+    before = [k for o in outs["exact-first"] for epoch, keys in o["batches"] if epoch == 1 for k in keys]
+    (alone,) = outs["exact-one-rank"]
+    after = [k for epoch, keys in alone["batches"] for k in keys]
+    assert {epoch for epoch, _ in alone["batches"]} == {1} and before and after
+    assert sorted(before + after) == sorted(shards.keys())
