@@ -73,6 +73,7 @@ class TrainCfg:
     valid_every: int = 0  # 0: only at the end
     seed: int = 42
     resume: str = "auto"  # auto | none | PATH
+    record_keys: bool = False  # write keys_rank{R}.jsonl: the sample keys of every step (audits, resume tests)
 
 
 @dataclass

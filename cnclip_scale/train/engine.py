@@ -13,7 +13,8 @@ from pathlib import Path
 import deepspeed
 import torch
 import torch.distributed as dist
-from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+from deepspeed.utils import (safe_get_full_fp32_param, safe_get_local_fp32_param, safe_set_full_fp32_param,
+                             safe_set_local_fp32_param)
 
 from ..model.clip import LOGIT_SCALE_MAX
 from .config import RunConfig
@@ -97,7 +98,12 @@ def clamp_logit_scale(engine) -> float:
         return float(param.detach().reshape(-1)[0])
     clamped = master.clamp(0, LOGIT_SCALE_MAX)
     if not torch.equal(clamped, master):
-        safe_set_full_fp32_param(param, clamped)
+        if hasattr(param, "ds_id"):
+            # ZeRO-3: a 1-element parameter is padded across ranks and DeepSpeed's full setter cannot cut it up;
+            # the clamp is elementwise, so each rank clamps its own fragment.
+            safe_set_local_fp32_param(param, safe_get_local_fp32_param(param).clamp(0, LOGIT_SCALE_MAX))
+        else:
+            safe_set_full_fp32_param(param, clamped)
     return float(clamped.reshape(-1)[0])
 
 

@@ -11,8 +11,20 @@ LOG_FORMAT = "%(asctime)s | %(levelname)s | Rank %(rank)s | %(message)s"
 DATE_FORMAT = "%Y-%m-%d,%H:%M:%S"
 
 
+class _MainRankOnly(logging.Filter):
+    """Ranks other than 0 print only warnings and lines logged with ``extra={"all_ranks": True}``."""
+
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.rank == 0 or record.levelno >= logging.WARNING or getattr(record, "all_ranks", False)
+
+
 def setup_logging(output_dir: Path, rank: int) -> logging.LoggerAdapter:
-    """Every rank logs to stderr; rank 0 also to ``out_<timestamp>.log`` in the run directory, as Chinese-CLIP does."""
+    """Rank 0 logs to stderr and to ``out_<timestamp>.log`` in the run directory, as Chinese-CLIP does; the other
+    ranks print their start-up line and warnings."""
     logger = logging.getLogger("cnclip_scale.train")
     logger.setLevel(logging.INFO)
     logger.handlers.clear()
@@ -20,13 +32,22 @@ def setup_logging(output_dir: Path, rank: int) -> logging.LoggerAdapter:
     formatter = logging.Formatter(LOG_FORMAT, DATE_FORMAT)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(_MainRankOnly(rank))
     logger.addHandler(handler)
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(output_dir / f"out_{time.strftime('%Y-%m-%d-%H-%M-%S')}.log", encoding="utf-8")
         file_handler.setFormatter(formatter)
         logger.addHandler(file_handler)
-    return logging.LoggerAdapter(logger, {"rank": rank})
+    return _RankAdapter(logger, {"rank": rank})
+
+
+class _RankAdapter(logging.LoggerAdapter):
+    """Adds the rank to every record and keeps a call's own ``extra`` (Python 3.11's adapter drops it)."""
+
+    def process(self, msg, kwargs):
+        kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})}
+        return msg, kwargs
 
 
 def train_line(m: dict) -> str:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +88,9 @@ def _loader(cfg: RunConfig, sources: list[str], tokenizer: Tokenizer, image_size
         rank=dist.get_rank(), world_size=dist.get_world_size(), seed=cfg.train.seed,
         resampled=cfg.data.resampled and train, shuffle_buffer=cfg.data.shuffle_buffer if train else 0,
         context_length=cfg.model.context_length, train_augment=cfg.data.augment and train,
-        epoch_samples=cfg.data.epoch_samples if train else None, weights=cfg.data.train_weights if train else None)
+        epoch_samples=cfg.data.epoch_samples if train else None, weights=cfg.data.train_weights if train else None,
+        # Training gathers features across ranks, so every rank's batch must be full; validation scores per rank.
+        drop_last=train, shard_shuffle=train)
 
 
 def _step_inputs(batch: dict, device, dtype, false_negatives: bool):
@@ -111,10 +115,10 @@ def validate(engine, loader, device, dtype, cfg: RunConfig) -> dict[str, float]:
     totals = {"valid_loss": 0.0, "valid_i2t_acc": 0.0, "valid_t2i_acc": 0.0}
     batches = 0
     loader.set_epoch(0)
-    for batch in loader:
+    for batch in loader:  # every rank gets the same number of non-empty batches (ZeRO-3 forwards are collective)
         images, ids, mask, (image_ids, text_ids) = _step_inputs(batch, device, dtype, cfg.train.false_negatives)
         img, txt, scale = engine(images, ids, mask)
-        out = clip_loss(img.float(), txt.float(), scale.float(), image_ids, text_ids)
+        out = clip_loss(img.float(), txt.float(), scale.float(), image_ids, text_ids, distributed=False)
         for key, value in zip(totals, (out["loss"], out["i2t_acc"], out["t2i_acc"])):
             totals[key] += value.item()
         batches += 1
@@ -123,6 +127,8 @@ def validate(engine, loader, device, dtype, cfg: RunConfig) -> dict[str, float]:
 
 
 def train(cfg: RunConfig) -> dict:
+    # DeepSpeed's ZeRO calls torch's all_gather_into_tensor, which torch now flags on every call.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     info = dist_env.detect()
     dist_env.export_env(info)
     eng.init_distributed()
@@ -130,7 +136,8 @@ def train(cfg: RunConfig) -> dict:
     out_dir = Path(cfg.train.output_dir)
     log = setup_logging(out_dir, rank)
     log.info(f"launcher={info.launcher} world_size={world} precision={cfg.deepspeed.precision} "
-             f"zero_stage={cfg.deepspeed.zero_stage} model={cfg.model.name}")
+             f"zero_stage={cfg.deepspeed.zero_stage} model={cfg.model.name} host={socket.gethostname()}",
+             extra={"all_ranks": True})
     seed_everything(cfg.train.seed)  # identical init on every rank (DeepSpeed also broadcasts rank 0's weights)
     model = _build_model(cfg, log)
     init_dir = cfg.model.init if cfg.model.init and Path(cfg.model.init).is_dir() else None
@@ -151,12 +158,14 @@ def train(cfg: RunConfig) -> dict:
         step, epoch, epoch_batches = client["step"], client["epoch"], client["epoch_batches"]
         train_loader.load_state_dict(rank_state["data"])
         set_rng_state(rank_state["rng"])
-        log.info(f"resumed from {resume[0] / resume[1]} at step {step} (epoch {epoch + 1}, batch {epoch_batches})")
+        log.info(f"resumed from {resume[0] / resume[1]} at step {step} (epoch {epoch + 1}, batch {epoch_batches})",
+                 extra={"all_ranks": True})
     else:
         seed_everything(cfg.train.seed + 1000 * rank)  # per-rank dropout streams
         train_loader.set_epoch(epoch)
 
     sink = MetricsSink(out_dir, rank == 0)
+    keys_log = open(out_dir / f"keys_rank{rank}.jsonl", "a") if cfg.train.record_keys else None
     global_batch = cfg.data.batch_size * world
 
     def checkpoint():
@@ -171,6 +180,9 @@ def train(cfg: RunConfig) -> dict:
     while step < max_steps:
         for batch in train_loader:
             data_time = time.time() - tick
+            if keys_log is not None:  # which samples each step saw: the proof that resume skips and repeats none
+                keys_log.write(json.dumps({"step": step + 1, "keys": batch["keys"]}) + "\n")
+                keys_log.flush()
             images, ids, mask, (image_ids, text_ids) = _step_inputs(batch, device, dtype, cfg.train.false_negatives)
             img, txt, scale = engine(images, ids, mask)
             out = clip_loss(img.float(), txt.float(), scale.float(), image_ids, text_ids)
@@ -218,6 +230,8 @@ def train(cfg: RunConfig) -> dict:
         log.info(f"fp32 weights written to {export}")
     dist.barrier()
     sink.close()
+    if keys_log is not None:
+        keys_log.close()
     summary = {"step": step, "epoch": epoch, "skipped_steps": engine.skipped_steps, "export": str(export)}
     if rank == 0:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
