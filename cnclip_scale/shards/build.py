@@ -28,7 +28,7 @@ class ShardTask:
     verify_full: bool
     # tsv: byte range and the number of its first line; lmdb: its keys with their reject names
     start: int = 0
-    end: int = 0
+    end: int | None = None         # None: to the end of the file
     first_line: int = 1
     keys: list = field(default_factory=list)
     captions: dict = field(default_factory=dict)    # image_id -> [(text_id, text)]
@@ -51,36 +51,38 @@ def _report(samples: int, nbytes: int) -> None:
                 counter.value += amount
 
 
-def _records(task: ShardTask) -> Iterator[tuple[dict, str, bytes]]:
-    """(where, image_id, image bytes) per record; a BadRecord in place of the bytes when it is unusable."""
-    if task.kind == "tsv":
-        for number, _, raw in sf.iter_tsv_lines(task.image_path, task.start, task.end, task.first_line):
-            where = {"line": number}
-            if number in task.duplicates:
-                yield where, sf.tsv_line_id(raw), sf.BadRecord("duplicate_image_id",
-                                                f"id first named at line {task.duplicates[number]}")
-                continue
+def _tsv_records(task: ShardTask) -> Iterator[tuple[dict, str | None, bytes | sf.BadRecord]]:
+    for number, _, raw in sf.iter_tsv_lines(task.image_path, task.start, task.end, task.first_line):
+        if number in task.duplicates:
+            found = sf.tsv_line_id(raw), sf.BadRecord("duplicate_image_id",
+                                                      f"id first named at line {task.duplicates[number]}")
+        else:
             try:
-                yield where, *sf.read_tsv_image(raw)
+                found = sf.read_tsv_image(raw)
             except sf.BadRecord as bad:
-                yield where, sf.tsv_line_id(raw), bad
-        return
+                found = sf.tsv_line_id(raw), bad
+        yield {"line": number}, *found
+
+
+def _lmdb_records(task: ShardTask) -> Iterator[tuple[dict, str | None, bytes | sf.BadRecord]]:
     env = sf.open_lmdb(task.image_path)
     try:
         with env.begin(buffers=True) as txn:
             for key in task.keys:
-                where = {"key": key.decode("utf-8", "backslashreplace")}
                 try:
-                    image_id = key.decode("utf-8")
+                    found = key.decode("utf-8"), sf.decode_base64(bytes(txn.get(key)).strip())
                 except UnicodeDecodeError:
-                    yield where, None, sf.BadRecord("non_utf8", "LMDB key is not UTF-8")
-                    continue
-                try:
-                    yield where, image_id, sf.decode_base64(bytes(txn.get(key)).strip())
+                    found = None, sf.BadRecord("non_utf8", "LMDB key is not UTF-8")
                 except sf.BadRecord as bad:
-                    yield where, image_id, bad
+                    found = key.decode("utf-8"), bad
+                yield {"key": key.decode("utf-8", "backslashreplace")}, *found
     finally:
         env.close()
+
+
+def _records(task: ShardTask) -> Iterator[tuple[dict, str | None, bytes | sf.BadRecord]]:
+    """(where, image_id, image bytes) per record; a BadRecord in place of the bytes when it is unusable."""
+    return _tsv_records(task) if task.kind == "tsv" else _lmdb_records(task)
 
 
 def _prepare(task: ShardTask, image_id, data) -> tuple[bytes, str, list]:

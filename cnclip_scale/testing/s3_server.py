@@ -18,11 +18,12 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+
+from cnclip_scale.testing.ports import free_port_block
 
 SERVICES = ("s3", "master", "volume", "filer", "admin")  # ports P..P+4; weed also opens each port + 10000
 
@@ -63,23 +64,6 @@ class S3Server:
                 self.process.wait()
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_base_port(rng: random.Random) -> int:
-    for _ in range(200):
-        base = rng.randrange(20000, 29000, 10)
-        if all(_free(base + k) and _free(base + k + 10000) for k in range(len(SERVICES))):
-            return base
-    raise RuntimeError("no free block of ports for SeaweedFS on 127.0.0.1")
-
-
 def weed_binary() -> str:
     found = shutil.which("weed") or os.path.join(os.path.dirname(sys.executable), "weed")
     if not os.path.exists(found):
@@ -96,7 +80,7 @@ def start_s3_server(workdir: str, access_key: str = "cnclip-test", secret_key: s
     with open(config, "w") as f:
         json.dump({"identities": [{"name": "ci", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
                                    "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}, f)
-    base = _free_base_port(random.Random(os.getpid() ^ time.time_ns()))
+    base = free_port_block(len(SERVICES), also_offset=10000, rng=random.Random(os.getpid() ^ time.time_ns()))
     command = [weed_binary(), "mini", f"-dir={workdir}/data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                f"-s3.config={config}", *[f"-{name}.port={base + k}" for k, name in enumerate(SERVICES)],
                "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
