@@ -19,6 +19,10 @@ shuffled sequence waits for another epoch).
 Resampled epochs: each slot draws shards with replacement (weights per source) from its own seeded
 stream and fills ``epoch_samples // (W*B)`` full batches per rank; a corrupt sample is replaced by
 reading on, so batches are always full.
+
+Layout changes: a state saved under one world size / worker count / batch size and loaded under
+another cannot continue slot by slot, but the old plan and positions say exactly which samples were
+taken; ``epoch_view`` replays them and plans the rest of that epoch (``EpochView``) over the new ranks.
 """
 from __future__ import annotations
 
