@@ -29,6 +29,7 @@ reads a Chinese-CLIP seed folder (``{split}_imgs.tsv`` + ``{split}_texts.jsonl``
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -146,6 +147,18 @@ class _SlotInputs:
                 yield index[i], raw
 
 
+@contextlib.contextmanager
+def _augment_rng(augment: bool, seed: int):
+    """Seed torch's RNG (which torchvision's augmentations draw from) per batch, so augmentation replays
+    on resume; in the main process (workers=0) without disturbing the trainer's own RNG stream."""
+    if not augment:
+        yield
+        return
+    with contextlib.nullcontext() if get_worker_info() is not None else torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 class TrainStream(IterableDataset):
     """One rank's epoch from ``batches`` on; DataLoader worker ``w`` plays slot ``(w + batches) % K``."""
 
@@ -171,28 +184,29 @@ class TrainStream(IterableDataset):
         transform = resize_to_uint8(cfg.image_size, train=cfg.train_augment)
         last_good = None
         for b in range(first_batch, len(plan.batch_sizes)):
-            torch.manual_seed(st.pick(2**62, "augment", *seed, b))   # augmentation replays on resume
-            items = []
-            while len(items) < plan.batch_sizes[b]:
-                index = next(order, None)
-                if index is None:                     # exact: this slot's range is used up (damage)
-                    break
-                position += 1
-                while index not in pending:
-                    got, raw = next(inputs)
-                    pending[got] = raw
-                raw = pending.pop(index)
-                if raw is not None:
-                    item = self._sample(raw, transform, counters, (*seed, position))
-                    if item is not None:
-                        items.append(item)
-                        last_good = item
-            if not items:
-                # Damage left a planned batch empty; an empty batch would break the step on this rank
-                # only, so repeat one good sample (counted) to keep every rank in step.
-                items = [last_good or self._any_good(transform)]
-                counters.values["filler_samples"] += 1
-            yield self._collate(items, slot, position, counters)
+            with _augment_rng(cfg.train_augment, st.pick(2**62, "augment", *seed, b)):
+                items = []
+                while len(items) < plan.batch_sizes[b]:
+                    index = next(order, None)
+                    if index is None:                     # exact: this slot's range is used up (damage)
+                        break
+                    position += 1
+                    while index not in pending:
+                        got, raw = next(inputs)
+                        pending[got] = raw
+                    raw = pending.pop(index)
+                    if raw is not None:
+                        item = self._sample(raw, transform, counters, (*seed, position))
+                        if item is not None:
+                            items.append(item)
+                            last_good = item
+                if not items:
+                    # Damage left a planned batch empty; an empty batch would break the step on this rank
+                    # only, so repeat one good sample (counted) to keep every rank in step.
+                    items = [last_good or self._any_good(transform)]
+                    counters.values["filler_samples"] += 1
+                batch = self._collate(items, slot, position, counters)
+            yield batch
 
     def _sample(self, raw: RawSample, transform, counters: Counters, visit):
         try:

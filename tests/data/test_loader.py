@@ -198,3 +198,16 @@ def test_draft_decode_reduces_large_jpegs_but_never_below_the_target():
     small = io.BytesIO()
     Image.new("L", (100, 80)).save(small, "PNG")
     assert decode_image(small.getvalue(), 224).mode == "RGB"
+
+
+def test_augmentation_replays_and_leaves_the_callers_rng_alone(uneven, tokenizer):
+    def images(seed, augment=True):
+        loader = _loader(uneven.url, tokenizer, world=1, workers=0, train_augment=augment, seed=seed)
+        return torch.cat([b["images"] for b in loader])
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = images(1)
+    assert torch.equal(torch.rand(3), expected_next)               # workers=0 ran in this process
+    assert torch.equal(first, images(1)) and not torch.equal(first, images(1, augment=False))
