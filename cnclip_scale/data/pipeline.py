@@ -5,7 +5,7 @@ Training::
     loader = build_train_loader("s3://b/train/manifest.json", tokenizer=Tokenizer(), image_size=224,
                                 batch_size=128, workers=8, rank=rank, world_size=world, seed=0,
                                 storage_options={"endpoint_url": ...})
-    loader.load_state_dict(ckpt["data"])                # optional: resume (same world size / workers / batch)
+    loader.load_state_dict(ckpt["data"])                # optional: resume (exact for the same layout; see below)
     for epoch in range(loader.epoch, epochs):
         loader.set_epoch(epoch)                         # keeps a loaded mid-epoch position for that epoch
         for batch in loader:                            # exactly loader.batches_per_epoch batches, every rank
@@ -19,8 +19,11 @@ every rank yields ``batches_per_epoch`` batches whatever the shard sizes and eve
 ranks × workers (ranges are cut at sample level, not shard level). Workers make whole batches (decode with
 JPEG draft, resize to uint8, pick one caption per visit, tokenize); the main process only forwards them and
 records, for each batch the consumer takes, which worker slot made it and that slot's position. A state is
-``{"epoch", "batches", "positions": {slot: position}, "layout"}``; a rebuilt loader rotates which
+``{"epoch", "batches", "positions": {slot: position}, "layout", ...}``; a rebuilt loader rotates which
 DataLoader worker plays which slot so the batch sequence continues exactly — no sample repeated or skipped.
+Under a new world size / worker count / batch size, a gathered state finishes the saved epoch with
+exactly the samples no rank had taken (``state.epoch_view``); that epoch has its own ``batches_per_epoch``.
+An epoch whose batches were all taken yields nothing: take the epoch to run from ``loader.epoch``.
 
 Evaluation: ``build_eval_loader`` reads every image sample exactly once across ranks, in manifest order,
 no shuffle (shares may differ by a batch; no collective happens per batch, so nothing waits), and also
