@@ -51,10 +51,9 @@ def _duplicates(source: SplitSource) -> dict[int, int]:
     """{line: first line} for TSV lines whose id an earlier line already named (the first one owns it)."""
     first, duplicates = {}, {}
     for slot in source.images:
-        if slot.image_id is not None and "line" in slot.where:
-            line = slot.where["line"]
-            if first.setdefault(slot.image_id, line) != line:
-                duplicates[line] = first[slot.image_id]
+        if slot.image_id is not None and slot.line:
+            if first.setdefault(slot.image_id, slot.line) != slot.line:
+                duplicates[slot.line] = first[slot.image_id]
     return duplicates
 
 
@@ -88,10 +87,9 @@ def _tasks(source: SplitSource, split: str, dst: str, opts: Options) -> list[Sha
         task.planned_samples = sum(len(task.captions.get(s.image_id, ())) if opts.group == "pair" else 1
                                    for s in group)
         if source.kind == "tsv":
-            task.start, task.first_line = group[0].offset, group[0].where["line"]
+            task.start, task.first_line = group[0].offset, group[0].line
             task.end = groups[index + 1][0].offset if index + 1 < len(groups) else None
-            task.duplicates = {s.where["line"]: duplicates[s.where["line"]] for s in group
-                               if s.where["line"] in duplicates}
+            task.duplicates = {s.line: duplicates[s.line] for s in group if s.line in duplicates}
         else:
             task.keys = [s.key for s in group]
         tasks.append(task)

@@ -20,12 +20,17 @@ class InputError(Exception):
 
 @dataclass(slots=True)
 class ImageSlot:
-    """One image record as the index scan found it."""
-    where: dict            # {"line": n} in the TSV, or {"key": "..."} in the LMDB
+    """One image record as the index scan found it (kept small: there is one per image)."""
     image_id: str | None   # the id the record claims (None if it has no usable id; the worker says why)
     est_bytes: int         # decoded size estimate, for sizing shards
-    offset: int = 0        # TSV: byte offset of the line
+    line: int = 0          # TSV: line number and byte offset of the line
+    offset: int = 0
     key: bytes = b""       # LMDB: the key
+
+    @property
+    def where(self) -> dict:
+        """How rejects and fingerprints name the record: {"line": n} or {"key": "..."}."""
+        return {"line": self.line} if self.line else {"key": self.key.decode("utf-8", "backslashreplace")}
 
 
 @dataclass
@@ -120,7 +125,7 @@ def load_tsv_split(folder: str, split: str, pool=None, parts: int = 1) -> SplitS
     ranges = [(image_path, a, b) for a, b in zip(cuts, cuts[1:])]
     index = [row for part in (pool.starmap(sf.scan_tsv, ranges) if pool else starmap(sf.scan_tsv, ranges))
              for row in part]
-    images = [ImageSlot({"line": n}, image_id, length * 3 // 4, offset=offset)
+    images = [ImageSlot(image_id, length * 3 // 4, line=n, offset=offset)
               for n, (offset, length, image_id) in enumerate(index, start=1)]
     return SplitSource("tsv", image_path, os.path.basename(image_path), text_label,
                        fingerprint([image_path, text_path], folder), images, texts, rejects, texts_input, pairs_input)
@@ -163,8 +168,7 @@ def load_lmdb_split(folder: str, split: str) -> SplitSource:
         env.close()
     env = sf.open_lmdb(imgs_dir)
     try:
-        images = [ImageSlot({"key": k.decode("utf-8", "backslashreplace")}, _key_id(k), size * 3 // 4, key=k)
-                  for k, size in sf.lmdb_data_keys(env, "imgs")]
+        images = [ImageSlot(_key_id(k), size * 3 // 4, key=k) for k, size in sf.lmdb_data_keys(env, "imgs")]
     finally:
         env.close()
     files = [os.path.join(imgs_dir, "data.mdb"), os.path.join(pairs_dir, "data.mdb")]
