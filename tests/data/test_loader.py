@@ -211,3 +211,14 @@ def test_augmentation_replays_and_leaves_the_callers_rng_alone(uneven, tokenizer
     first = images(1)
     assert torch.equal(torch.rand(3), expected_next)               # workers=0 ran in this process
     assert torch.equal(first, images(1)) and not torch.equal(first, images(1, augment=False))
+
+
+def test_group_pair_shards_give_each_pair_once_with_its_own_caption(tmp_path, tokenizer):
+    from integration.data_shards import build_shard_set
+
+    pairs = build_shard_set(str(tmp_path), 9, samples_per_shard=4, group="pair")
+    loader = _loader(pairs.url, tokenizer, world=1, workers=2)
+    seen = [(k, i, t) for b in loader for k, i, t in zip(b["keys"], b["image_ids"], b["text_ids"])]
+    assert sorted(k for k, _, _ in seen) == sorted(pairs.keys())
+    linked = {(str(i), str(t["text_id"])) for t in pairs.truth.texts for i in t["image_ids"]}
+    assert {(i, t) for _, i, t in seen} == linked
