@@ -68,7 +68,9 @@ def _is_remote(url: str) -> bool:
 
 
 def _fs(url: str, storage_options: dict | None):
-    return fsspec.core.url_to_fs(url, **(storage_options or {}) if _is_remote(url) else {})
+    # Storage options belong to the remote filesystem; the local one rejects e.g. endpoint_url.
+    options = (storage_options or {}) if _is_remote(url) else {}
+    return fsspec.core.url_to_fs(url, **options)
 
 
 def _join(base: str, name: str) -> str:
