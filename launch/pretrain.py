@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"pretrain: config error: {e}", file=sys.stderr)
         return 2
+    from cnclip_scale.model.weights import WeightsError
+    from cnclip_scale.train.engine import ResumeError
     from cnclip_scale.train.loop import NonFiniteLoss, train  # heavy imports after the config is known good
 
     try:
@@ -35,6 +37,9 @@ def main(argv=None) -> int:
     except NonFiniteLoss as e:
         print(f"pretrain: {e}", file=sys.stderr)
         return 3
+    except (ConfigError, ResumeError, WeightsError) as e:
+        print(f"pretrain: {e}", file=sys.stderr)
+        return 2
     finally:
         import torch.distributed as dist
 

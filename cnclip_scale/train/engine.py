@@ -24,6 +24,10 @@ from ..safe_load import deepspeed_safe_load
 LATEST = "latest"
 
 
+class ResumeError(RuntimeError):
+    """A checkpoint this job cannot continue from; the message says what to do instead."""
+
+
 def _deep_merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():
@@ -152,7 +156,7 @@ def find_resume(resume: str, output_dir: str | Path) -> tuple[Path, str] | None:
     if resume != "auto" and root.is_dir() and root.name.startswith("step"):
         return root.parent, root.name
     if resume != "auto":
-        raise FileNotFoundError(f"train.resume={resume}: neither a checkpoint tag dir nor a dir with a '{LATEST}' file")
+        raise ResumeError(f"train.resume={resume}: neither a checkpoint tag dir nor a dir with a '{LATEST}' file")
     return None
 
 
@@ -160,11 +164,11 @@ def load(engine, root: Path, tag: str) -> tuple[dict, dict]:
     """Restore engine states (model, optimiser, scheduler, loss scaler) and this rank's data position and RNG."""
     saved_world = _saved_world_size(root / tag)
     if saved_world is not None and saved_world != dist.get_world_size():
-        raise RuntimeError(
-            f"checkpoint {root / tag} was written by {saved_world} ranks; this job has {dist.get_world_size()}. "
-            f"Convert it once with `python -m deepspeed.checkpoint.ds_to_universal --input_folder {root / tag} "
-            f"--output_folder {root / tag}_universal` and resume with train.resume={root / tag}_universal; the data "
-            "position restarts at the beginning of the saved epoch (see README, 'Resuming on a different world size').")
+        raise ResumeError(
+            f"checkpoint {root / tag} was written by {saved_world} ranks; this job has {dist.get_world_size()}. ZeRO "
+            "partitions and the data position are per rank, so it cannot continue as is. Either run with "
+            f"{saved_world} ranks, or start a new run from its weights: model.init={root / tag} train.resume=none "
+            "(optimiser state and data position restart; README, 'Resuming on a different number of ranks').")
     with deepspeed_safe_load():
         _, client_state = engine.load_checkpoint(str(root), tag=tag)
     if client_state is None:

@@ -23,7 +23,7 @@ from ..model.tokenizer import Tokenizer
 from ..model.transforms import normalize_batch
 from ..model.weights import load_native_into, read_checkpoint, write_native
 from . import engine as eng
-from .config import RunConfig, save_config
+from .config import ConfigError, RunConfig, save_config
 from .logs import MetricsSink, setup_logging, train_line, valid_line
 from .loss import clip_loss, ids_to_tensor
 from .optim import freeze
@@ -129,6 +129,8 @@ def validate(engine, loader, device, dtype, cfg: RunConfig) -> dict[str, float]:
 def train(cfg: RunConfig) -> dict:
     # DeepSpeed's ZeRO calls torch's all_gather_into_tensor, which torch now flags on every call.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    if not cfg.data.train:
+        raise ConfigError("data.train: no training data; give shard sources, e.g. data.train=[shards/train]")
     info = dist_env.detect()
     dist_env.export_env(info)
     eng.init_distributed()
