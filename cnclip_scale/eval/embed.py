@@ -18,21 +18,10 @@ import torch
 from PIL import Image
 
 from cnclip_scale.eval import comm
+from cnclip_scale.eval.ids import id_key
 from cnclip_scale.model.transforms import normalize_batch
 
 THUMB_SIZE = 96
-
-
-def id_key(x: str):
-    """Sort key for ids: numbers numerically, then strings."""
-    s = str(x)
-    return (0, int(s), "") if s.isdigit() else (1, 0, s)
-
-
-def json_id(x: str):
-    """Ids as the seed's tools want them: an int when the id is a plain number (its evaluation rejects strings)."""
-    s = str(x)
-    return int(s) if s.isdigit() and str(int(s)) == s else s
 
 
 @dataclass

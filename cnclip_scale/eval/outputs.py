@@ -8,7 +8,7 @@ import os
 import numpy as np
 import torch
 
-from cnclip_scale.eval.embed import json_id
+from cnclip_scale.eval.ids import json_id
 
 
 def ids_array(ids: list[str]) -> np.ndarray:

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from cnclip_scale import dist as launch_env
 from cnclip_scale.eval import comm, outputs, report, zeroshot
-from cnclip_scale.eval.embed import Split, embed_split, gather_images, json_id
+from cnclip_scale.eval.embed import Split, embed_split, gather_images
 from cnclip_scale.eval.retrieval import recall, sharded_topk, split_topk, topk
 
 log = logging.getLogger("cnclip_scale.eval")
@@ -223,4 +223,4 @@ def _line(r: dict) -> str:
     return " ".join(f"{k.upper()} {r[k]:.2f}" for k in ("r1", "r5", "r10")) + f" MR {r['mean_recall']:.2f}"
 
 
-__all__ = ["evaluate_retrieval", "run_evaluation", "retrieve", "init_process_group", "json_id"]
+__all__ = ["evaluate_retrieval", "run_evaluation", "retrieve", "init_process_group"]

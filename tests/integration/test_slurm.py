@@ -1,0 +1,171 @@
+"""launch/finetune.sbatch and launch/pretrain.sbatch on a real Slurm (slurm-wlm + munge) started on loopback.
+
+Two emulated nodes whose names do not resolve; jobs are CPU ranks (gloo). The deepspeed hostfile launcher (one host
+with two slots, two hosts via --no_ssh --node_rank) is proven in test_train_launchers.py.
+"""
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnclip_scale.model import build_model, load_model, model_config
+from cnclip_scale.model.configs import TINY
+from cnclip_scale.model.weights import write_checkpoint
+from cnclip_scale.testing.slurm import SlurmCluster, install_slurm
+from cnclip_scale.testing.train_runs import REPO, make_tiny_shards, read_metrics, train_env
+
+pytestmark = pytest.mark.integration
+
+# A finetune config shaped like configs/finetune/*.yaml: every path under ${DATAPATH}, init = official weights.
+FINETUNE_YAML = f"""\
+model:
+  name: {TINY}
+  context_length: 32
+  init: "${{DATAPATH}}/pretrained_weights/clip_cn_tiny.pt"
+data:
+  train: ["${{DATAPATH}}/datasets/tiny/shards/train"]
+  batch_size: 8
+  workers: 1
+optim:
+  lr: 1.0e-4
+  warmup: 1
+  max_steps: 3
+deepspeed:
+  zero_stage: 2
+  precision: fp32
+train:
+  output_dir: "${{DATAPATH}}/experiments/finetune"
+  save_every: 3
+  log_every: 1
+"""
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    try:
+        reason = install_slurm()
+    except subprocess.CalledProcessError as e:  # apt without network, a broken mirror
+        reason = f"installing slurm-wlm/munge failed: {e.stderr[-500:] if e.stderr else e}"
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Slurm tests: {reason}")
+        pytest.skip(reason)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), nodes=2, cpus=2).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def datapath(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datapath")
+    make_tiny_shards(root / "datasets" / "tiny", {"train": 64})
+    torch.manual_seed(0)
+    model = build_model(model_config(TINY))
+    (root / "pretrained_weights").mkdir()
+    write_checkpoint(model.state_dict(), model.config, root / "pretrained_weights" / "clip_cn_tiny.pt", "official")
+    (root / "finetune-tiny.yaml").write_text(FINETUNE_YAML)
+    return root
+
+
+def submit(slurm, script, log, flags, overrides, wait=True, **env):
+    """sbatch from the repository root as users do; returns (returncode, job id)."""
+    cmd = ["sbatch", "--parsable", *(["--wait"] if wait else []), f"--output={log}", "--gpus-per-node=0",
+           "--time=10", *flags, str(REPO / "launch" / script), *overrides]
+    env = train_env(SLURM_CONF=slurm.conf, PYTHON=sys.executable, **env)
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert result.stdout.strip(), result.stderr
+    return result.returncode, result.stdout.split(";")[0].strip()
+
+
+def finetune(slurm, datapath, tmp_path, flags, **env):
+    out, log = tmp_path / "out", tmp_path / "job.log"
+    rc, job = submit(slurm, "finetune.sbatch", log, flags, [f"train.output_dir={out}"],
+                     CONFIG=datapath / "finetune-tiny.yaml", DATAPATH=datapath, **env)
+    text = log.read_text()
+    assert rc == 0, text[-4000:]
+    assert "Rank 0 | launcher=srun world_size=2" in text and "Rank 1 | launcher=srun world_size=2" in text, text[-4000:]
+    assert f"initialised from {datapath}/pretrained_weights/clip_cn_tiny.pt (official format)" in text
+    assert [m["step"] for m in read_metrics(out)] == [1, 2, 3]
+    assert_finetuned_from(load_model(out / "checkpoints"), datapath)
+    return text, slurm.job(job)
+
+
+def assert_finetuned_from(trained, datapath):
+    """The DeepSpeed checkpoint loads, and its weights moved a little away from the pretrained ones (not re-inited)."""
+    init = load_model(datapath / "pretrained_weights" / "clip_cn_tiny.pt").state_dict()
+    got = trained.state_dict()
+    assert got.keys() == init.keys()
+    moved = [(got[k].float() - init[k].float()).abs().max().item() for k in init if init[k].is_floating_point()]
+    assert 0 < max(moved) < 0.05, max(moved)
+
+
+def test_one_node_two_cpu_ranks(slurm, datapath, tmp_path):
+    # One task with both CPUs; CPU_RANKS=2 splits the node into two ranks as on a CPU-only cluster.
+    text, job = finetune(slurm, datapath, tmp_path, ["--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=2"],
+                         CPU_RANKS=2)
+    assert "1 node(s) x 2 rank(s), 1 CPU(s) each" in text
+    assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0"
+
+
+def test_two_nodes_one_rank_each(slurm, datapath, tmp_path):
+    with pytest.raises(OSError):
+        socket.gethostbyname("node1")  # so the master address must come from the node's NodeAddr
+    text, job = finetune(slurm, datapath, tmp_path, ["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1"])
+    assert "2 node(s) x 1 rank(s)" in text and "master 127.0.0.1:" in text
+    assert job["NodeList"] == "node[1-2]" and job["JobState"] == "COMPLETED"
+
+
+def _latest_step(out: Path) -> int:
+    latest = out / "checkpoints" / "latest"
+    return int(latest.read_text().strip().removeprefix("step")) if latest.exists() else 0
+
+
+def _wait(slurm, job, log, done, what, timeout=240):
+    """Poll until done(job record) while the job is alive; the job's log on failure."""
+    deadline = time.time() + timeout
+    while not done(record := slurm.job(job)):
+        state = record.get("JobState")
+        assert state in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"), (what, state, log.read_text()[-3000:])
+        assert time.time() < deadline, (f"no {what} within {timeout}s", log.read_text()[-3000:])
+        time.sleep(0.2)
+
+
+def _resumed(out: Path, step: int) -> str:
+    return f"resumed from {out / 'checkpoints' / f'step{step:08d}'} at step {step}"
+
+
+def test_requeued_then_cancelled_pretrain_job_resumes(slurm, datapath, tmp_path):
+    """--requeue: a requeued job continues by itself; a cancelled one continues when submitted again."""
+    steps, out, log = 16, tmp_path / "out", tmp_path / "first.log"
+    overrides = [f"data.train=[{datapath}/datasets/tiny/shards/train]", f"train.output_dir={out}", "data.batch_size=8",
+                 f"optim.max_steps={steps}", "train.save_every=2", "train.log_every=1"]
+    flags = ["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1"]
+    env = {"CONFIG": REPO / "configs/tiny-cpu.yaml"}  # pretraining from scratch: no model.init
+    _, job = submit(slurm, "pretrain.sbatch", log, flags, overrides, wait=False, **env)
+    _wait(slurm, job, log, lambda r: _latest_step(out) >= 2, "first checkpoint")
+
+    # What a preemption or node failure does. Slurm holds a requeued job for ~2 min; release it now.
+    slurm.run(["scontrol", "requeue", job])
+    _wait(slurm, job, log, lambda r: r.get("JobState") == "PENDING", "requeue")
+    requeued_at = _latest_step(out)
+    slurm.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
+    _wait(slurm, job, log, lambda r: _latest_step(out) > requeued_at, "checkpoint after the requeue")
+    assert slurm.job(job)["Restarts"] == "1"
+    assert "restart 1:" in log.read_text() and _resumed(out, requeued_at) in log.read_text()
+
+    slurm.run(["scancel", job])
+    _wait(slurm, job, log, lambda r: r.get("JobState") in ("CANCELLED", None), "cancellation")
+    cancelled_at = _latest_step(out)
+    assert requeued_at < cancelled_at < steps, "the job finished before it could be cancelled"
+
+    rc, _ = submit(slurm, "pretrain.sbatch", tmp_path / "second.log", flags, overrides, **env)
+    text = (tmp_path / "second.log").read_text()
+    assert rc == 0, text[-4000:]
+    assert _resumed(out, cancelled_at) in text
+    assert {m["step"] for m in read_metrics(out)} == set(range(1, steps + 1))
+    assert _latest_step(out) == steps and (out / "model.safetensors").exists()
