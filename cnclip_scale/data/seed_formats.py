@@ -56,9 +56,7 @@ def iter_tsv_lines(path: str, start: int = 0, end: int | None = None, first_line
     size = os.path.getsize(path)
     if size == 0:
         return
-    with open(path, "rb") as f:
-        # Not closed explicitly: the views handed out keep it alive, and it unmaps when they are gone.
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    mapped = _map(path)
     view, pos, number = memoryview(mapped), start, first_line
     end = size if end is None else min(end, size)
     while pos < end:
@@ -66,6 +64,19 @@ def iter_tsv_lines(path: str, start: int = 0, end: int | None = None, first_line
         stop = size if newline < 0 else newline + 1
         yield number, pos, view[pos:stop]
         pos, number = stop, number + 1
+
+
+def _map(path: str) -> mmap.mmap:
+    with open(path, "rb") as f:
+        # Not closed explicitly: the views handed out keep it alive, and it unmaps when they are gone.
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def tsv_lines_at(path: str, spans: list[tuple[int, int, int]]) -> Iterator[tuple[int, memoryview]]:
+    """(line_number, line) for known (line_number, offset, length) spans from a scan: no newline search."""
+    view = memoryview(_map(path)) if spans else None
+    for number, offset, length in spans:
+        yield number, view[offset:offset + length]
 
 
 def tsv_line_starts(path: str, parts: int) -> list[int]:

@@ -1,8 +1,21 @@
-"""The Chinese-CLIP model family: configs, towers, tokenizer, preprocessing and weight formats."""
-from .clip import CLIP, build_model
-from .configs import CLIPConfig, TextConfig, VisionConfig, all_model_names, model_config
-from .tokenizer import Tokenizer
-from .weights import WeightsError, load_model, read_checkpoint, write_checkpoint
+"""The Chinese-CLIP model family: configs, towers, tokenizer, preprocessing and weight formats.
 
-__all__ = ["CLIP", "CLIPConfig", "TextConfig", "Tokenizer", "VisionConfig", "WeightsError", "all_model_names",
-           "build_model", "load_model", "model_config", "read_checkpoint", "write_checkpoint"]
+Names are imported lazily, so a DataLoader worker that needs only ``model.tokenizer`` or ``model.transforms``
+does not pay for importing timm and transformers.
+"""
+import importlib
+
+_EXPORTS = {
+    "CLIP": "clip", "build_model": "clip",
+    "CLIPConfig": "configs", "TextConfig": "configs", "VisionConfig": "configs", "all_model_names": "configs",
+    "model_config": "configs",
+    "Tokenizer": "tokenizer",
+    "WeightsError": "weights", "load_model": "weights", "read_checkpoint": "weights", "write_checkpoint": "weights",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

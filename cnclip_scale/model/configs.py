@@ -70,6 +70,8 @@ VISION_CONFIGS: dict[str, VisionConfig] = {
     # Tiny towers for tests and CPU demos (random init; not a released model).
     "ViT-Tiny-16": VisionConfig(image_size=64, patch_size=16, width=64, layers=2, head_width=32, embed_dim=32),
     "ViT-Small-16": VisionConfig(image_size=96, patch_size=16, width=192, layers=4, head_width=48, embed_dim=128),
+    # 8×8 patches of a 32-px image: fine enough to see the demo's handwritten digit strokes.
+    "ViT-Tiny-4": VisionConfig(image_size=32, patch_size=4, width=96, layers=3, head_width=32, embed_dim=64),
 }
 
 TEXT_CONFIGS: dict[str, TextConfig] = {

@@ -26,11 +26,8 @@ class ShardTask:
     storage_options: dict
     group: str                     # "image" | "pair"
     verify_full: bool
-    # tsv: byte range and the number of its first line; lmdb: its keys with their reject names
-    start: int = 0
-    end: int | None = None         # None: to the end of the file
-    first_line: int = 1
-    keys: list = field(default_factory=list)
+    lines: list = field(default_factory=list)      # tsv: (line number, offset, length) of its lines
+    keys: list = field(default_factory=list)       # lmdb: its keys
     captions: dict = field(default_factory=dict)    # image_id -> [(text_id, text)]
     duplicates: dict = field(default_factory=dict)  # TSV line -> line that first named the id
     planned_samples: int = 0
@@ -52,7 +49,7 @@ def _report(samples: int, nbytes: int) -> None:
 
 
 def _tsv_records(task: ShardTask) -> Iterator[tuple[dict, str | None, bytes | sf.BadRecord]]:
-    for number, _, raw in sf.iter_tsv_lines(task.image_path, task.start, task.end, task.first_line):
+    for number, raw in sf.tsv_lines_at(task.image_path, task.lines):
         if number in task.duplicates:
             found = sf.tsv_line_id(raw), sf.BadRecord("duplicate_image_id",
                                                       f"id first named at line {task.duplicates[number]}")

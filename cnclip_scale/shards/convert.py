@@ -87,8 +87,7 @@ def _tasks(source: SplitSource, split: str, dst: str, opts: Options) -> list[Sha
         task.planned_samples = sum(len(task.captions.get(s.image_id, ())) if opts.group == "pair" else 1
                                    for s in group)
         if source.kind == "tsv":
-            task.start, task.first_line = group[0].offset, group[0].line
-            task.end = groups[index + 1][0].offset if index + 1 < len(groups) else None
+            task.lines = [(s.line, s.offset, s.length) for s in group]
             task.duplicates = {s.line: duplicates[s.line] for s in group if s.line in duplicates}
         else:
             task.keys = [s.key for s in group]

@@ -23,8 +23,9 @@ class ImageSlot:
     """One image record as the index scan found it (kept small: there is one per image)."""
     image_id: str | None   # the id the record claims (None if it has no usable id; the worker says why)
     est_bytes: int         # decoded size estimate, for sizing shards
-    line: int = 0          # TSV: line number and byte offset of the line
+    line: int = 0          # TSV: line number, byte offset and length of the line
     offset: int = 0
+    length: int = 0
     key: bytes = b""       # LMDB: the key
 
     @property
@@ -125,7 +126,7 @@ def load_tsv_split(folder: str, split: str, pool=None, parts: int = 1) -> SplitS
     ranges = [(image_path, a, b) for a, b in zip(cuts, cuts[1:])]
     index = [row for part in (pool.starmap(sf.scan_tsv, ranges) if pool else starmap(sf.scan_tsv, ranges))
              for row in part]
-    images = [ImageSlot(image_id, length * 3 // 4, line=n, offset=offset)
+    images = [ImageSlot(image_id, length * 3 // 4, line=n, offset=offset, length=length)
               for n, (offset, length, image_id) in enumerate(index, start=1)]
     return SplitSource("tsv", image_path, os.path.basename(image_path), text_label,
                        fingerprint([image_path, text_path], folder), images, texts, rejects, texts_input, pairs_input)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from cnclip_scale.testing.ports import free_port_block
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 PACKAGES = ("slurm-wlm", "munge")
@@ -43,26 +44,6 @@ def install_slurm() -> str | None:
     return None
 
 
-def _free_ports(count: int) -> int:
-    """First of `count` consecutive free loopback ports (slurm.conf wants a range for the emulated nodes)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count < 65536 and all(_port_free(base + k) for k in range(count)):
-            return base
-    raise RuntimeError("no free block of loopback ports for Slurm")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 class SlurmCluster:
     def __init__(self, workdir: str | Path, nodes: int = 2, cpus: int = 2):
         self.dir = Path(workdir)
@@ -85,8 +66,8 @@ class SlurmCluster:
         return result
 
     def _write_conf(self) -> None:
-        ctld_port = _free_ports(1)
-        node_port = _free_ports(len(self.nodes))
+        ctld_port = free_port_block(1, low=20000, high=26000)  # below the ephemeral ports rendezvous picks
+        node_port = free_port_block(len(self.nodes), low=26000, high=32000)  # apart from slurmctld's
         last = len(self.nodes)
         d = self.dir
         lines = [
@@ -110,7 +91,9 @@ class SlurmCluster:
             "MailProg=/bin/true",
             "MpiDefault=none",
             "KillWait=5",  # scancel: SIGTERM, then SIGKILL after 5 s (default 30)
-            "MinJobAge=600",  # keep finished jobs visible to `scontrol show job` (there is no sacct here)
+            # `sbatch --wait` polls every 2 s only while that is under MinJobAge/2 (else 8 s, then 32 s): finished
+            # jobs are forgotten after 4 s, so tests read results from logs and files (there is no sacct here).
+            "MinJobAge=4",
             f"StateSaveLocation={d / 'ctld'}",
             f"SlurmdSpoolDir={d / 'spool-%n'}",
             f"SlurmctldPidFile={d / 'slurmctld.pid'}",
@@ -169,7 +152,7 @@ class SlurmCluster:
         return "\n".join(parts)
 
     def job(self, job_id: str) -> dict:
-        """`scontrol show job` as a dict (JobState, ExitCode, Restarts, ...); {} once Slurm forgot the job."""
+        """`scontrol show job` as a dict (JobState, ExitCode, Restarts, ...); {} once Slurm forgot it (MinJobAge)."""
         r = self.run(["scontrol", "show", "job", "-o", str(job_id)], check=False, timeout=30)
         return dict(f.split("=", 1) for f in r.stdout.split() if "=" in f) if r.returncode == 0 else {}
 

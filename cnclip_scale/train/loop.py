@@ -114,7 +114,7 @@ def validate(engine, loader, device, dtype, cfg: RunConfig) -> dict[str, float]:
     engine.eval()
     totals = {"valid_loss": 0.0, "valid_i2t_acc": 0.0, "valid_t2i_acc": 0.0}
     batches = 0
-    loader.set_epoch(0)
+    loader.set_epoch(loader.epoch + 1)  # a fresh pass: the loader yields nothing for an epoch it has finished
     for batch in loader:  # every rank gets the same number of non-empty batches (ZeRO-3 forwards are collective)
         images, ids, mask, (image_ids, text_ids) = _step_inputs(batch, device, dtype, cfg.train.false_negatives)
         img, txt, scale = engine(images, ids, mask)
@@ -147,6 +147,9 @@ def train(cfg: RunConfig) -> dict:
     train_loader = _loader(cfg, cfg.data.train, tokenizer, model.image_size, train=True)
     valid_loader = _loader(cfg, cfg.data.valid, tokenizer, model.image_size, train=False) if cfg.data.valid else None
     steps_per_epoch = train_loader.batches_per_epoch
+    if steps_per_epoch == 0:
+        raise ConfigError(f"data.train: {train_loader.samples_per_epoch} samples make no full global batch of "
+                          f"{cfg.data.batch_size} × {world} ranks; lower data.batch_size")
     max_steps = cfg.optim.max_steps or cfg.optim.max_epochs * steps_per_epoch
     engine = eng.build_engine(model, cfg, max_steps)
     device, dtype = engine.device, eng.input_dtype(cfg)
