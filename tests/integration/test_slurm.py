@@ -84,7 +84,7 @@ def submit(slurm, script, log, flags, overrides, wait=True, **env):
 
 def finetune(slurm, datapath, tmp_path, flags, **env):
     out, log = tmp_path / "out", tmp_path / "job.log"
-    rc, job = submit(slurm, "finetune.sbatch", log, flags, [f"train.output_dir={out}"],
+    rc, _ = submit(slurm, "finetune.sbatch", log, flags, [f"train.output_dir={out}"],
                      CONFIG=datapath / "finetune-tiny.yaml", DATAPATH=datapath, **env)
     text = log.read_text()
     assert rc == 0, text[-4000:]
@@ -92,7 +92,7 @@ def finetune(slurm, datapath, tmp_path, flags, **env):
     assert f"initialised from {datapath}/pretrained_weights/clip_cn_tiny.pt (official format)" in text
     assert [m["step"] for m in read_metrics(out)] == [1, 2, 3]
     assert_finetuned_from(load_model(out / "checkpoints"), datapath)
-    return text, slurm.job(job)
+    return text
 
 
 def assert_finetuned_from(trained, datapath):
@@ -106,18 +106,26 @@ def assert_finetuned_from(trained, datapath):
 
 def test_one_node_two_cpu_ranks(slurm, datapath, tmp_path):
     # One task with both CPUs; CPU_RANKS=2 splits the node into two ranks as on a CPU-only cluster.
-    text, job = finetune(slurm, datapath, tmp_path, ["--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=2"],
-                         CPU_RANKS=2)
-    assert "1 node(s) x 2 rank(s), 1 CPU(s) each" in text
-    assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0"
+    text = finetune(slurm, datapath, tmp_path, ["--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=2"], CPU_RANKS=2)
+    assert "1 node(s) x 2 rank(s) on node1, 1 CPU(s) each" in text
 
 
 def test_two_nodes_one_rank_each(slurm, datapath, tmp_path):
     with pytest.raises(OSError):
         socket.gethostbyname("node1")  # so the master address must come from the node's NodeAddr
-    text, job = finetune(slurm, datapath, tmp_path, ["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1"])
-    assert "2 node(s) x 1 rank(s)" in text and "master 127.0.0.1:" in text
-    assert job["NodeList"] == "node[1-2]" and job["JobState"] == "COMPLETED"
+    text = finetune(slurm, datapath, tmp_path, ["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1"])
+    assert "2 node(s) x 1 rank(s) on node[1-2]," in text and "master 127.0.0.1:" in text
+
+
+def test_job_fails_with_the_ranks_exit_code(slurm, datapath, tmp_path):
+    """sbatch --wait reports failures: a config using ${DATAPATH} without it, and a bad override on every rank."""
+    flags, config = ["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1"], datapath / "finetune-tiny.yaml"
+    rc, _ = submit(slurm, "finetune.sbatch", tmp_path / "a.log", flags, [], CONFIG=config, DATAPATH="")
+    assert rc == 2 and "export DATAPATH=" in (tmp_path / "a.log").read_text()
+    rc, _ = submit(slurm, "finetune.sbatch", tmp_path / "b.log", flags, ["optim.no_such_key=1"], CONFIG=config,
+                   DATAPATH=datapath)
+    # The first rank to exit with 2 ends the step (--kill-on-bad-exit); a slower one may be terminated first (143).
+    assert rc in (2, 143) and "pretrain: config error" in (tmp_path / "b.log").read_text()
 
 
 def _latest_step(out: Path) -> int:
