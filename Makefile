@@ -27,9 +27,9 @@ test: install
 test-unit: install
 	$(BIN)/python -m pytest -q -ra -m "not integration"
 
+# The whole stack on the embedded demo data: dataset -> shards -> 2-rank DeepSpeed training -> sharded evaluation.
 demo: install
-	@echo "make demo: the end-to-end demo (shards -> DeepSpeed training -> sharded evaluation) lands with issue 8."
-	@echo "Until then nothing runs here; see README.md for what exists."
+	$(BIN)/python tools/run_demo.py --out demo_out
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

@@ -71,6 +71,7 @@ class TrainCfg:
     keep_last: int = 2
     log_every: int = 10
     valid_every: int = 0  # 0: only at the end
+    valid_recall: bool = True  # also retrieval recall on data.valid through the evaluator
     seed: int = 42
     resume: str = "auto"  # auto | none | PATH
     record_keys: bool = False  # write keys_rank{R}.jsonl: the sample keys of every step (audits, resume tests)

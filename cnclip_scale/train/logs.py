@@ -64,9 +64,9 @@ def valid_line(m: dict) -> str:
     line = (f"Validation Result (epoch {m['epoch'] + 1} @ {m['step']} steps) | Valid Loss: {m['valid_loss']:.6f} | "
             f"Image2Text Acc: {100 * m['valid_i2t_acc']:.2f} | Text2Image Acc: {100 * m['valid_t2i_acc']:.2f} | "
             f"logit_scale: {m['logit_scale']:.3f} | Valid Batch Size: {m['valid_batch_size']}")
-    for key in ("t2i_mean_recall", "i2t_mean_recall"):
-        if key in m:
-            line += f" | {key}: {m[key]:.2f}"
+    if "t2i_mean_recall" in m:
+        line += (f" | Text2Image R@1/5/10: {m['t2i_r1']:.2f}/{m['t2i_r5']:.2f}/{m['t2i_r10']:.2f} | "
+                 f"Image2Text R@1/5/10: {m['i2t_r1']:.2f}/{m['i2t_r5']:.2f}/{m['i2t_r10']:.2f}")
     return line
 
 

@@ -213,7 +213,8 @@ def train(cfg: RunConfig) -> dict:
                 log.info(train_line(metrics))
                 sink.write("train", metrics)
             if valid_loader is not None and cfg.train.valid_every and step % cfg.train.valid_every == 0:
-                _run_validation(engine, valid_loader, device, dtype, cfg, step, epoch, logit_scale, log, sink)
+                _run_validation(engine, valid_loader, device, dtype, cfg, step, epoch, logit_scale, log, sink,
+                                tokenizer)
             if cfg.train.save_every and step % cfg.train.save_every == 0:
                 checkpoint()
                 last_saved = step
@@ -226,7 +227,8 @@ def train(cfg: RunConfig) -> dict:
             train_loader.set_epoch(epoch)
 
     if valid_loader is not None and not (cfg.train.valid_every and step % cfg.train.valid_every == 0):
-        _run_validation(engine, valid_loader, device, dtype, cfg, step, epoch, eng.clamp_logit_scale(engine), log, sink)
+        _run_validation(engine, valid_loader, device, dtype, cfg, step, epoch, eng.clamp_logit_scale(engine), log, sink,
+                        tokenizer)
     if last_saved != step:
         checkpoint()
     export = out_dir / "model.safetensors"
@@ -243,11 +245,29 @@ def train(cfg: RunConfig) -> dict:
     return summary
 
 
-def _run_validation(engine, loader, device, dtype, cfg, step, epoch, logit_scale, log, sink) -> None:
+def _run_validation(engine, loader, device, dtype, cfg, step, epoch, logit_scale, log, sink, tokenizer) -> None:
     metrics = validate(engine, loader, device, dtype, cfg)
+    if cfg.train.valid_recall:
+        metrics.update(valid_recall(engine, cfg, tokenizer, device, dtype))
     metrics.update(step=step, epoch=epoch, logit_scale=logit_scale, valid_batch_size=cfg.data.valid_batch_size)
     log.info(valid_line(metrics))
     sink.write("valid", metrics)
+
+
+def valid_recall(engine, cfg: RunConfig, tokenizer, device, dtype) -> dict[str, float]:
+    """Retrieval recall on the validation split through the evaluator (the same code as launch/evaluate.py)."""
+    import deepspeed
+
+    from ..eval import evaluate_retrieval
+
+    params = list(engine.module.parameters())
+    # ZeRO-3 keeps only a partition of each parameter on a rank: gather them for the evaluation forward passes.
+    with deepspeed.zero.GatheredParameters(params, enabled=cfg.deepspeed.zero_stage == 3):
+        result = evaluate_retrieval(engine.module, cfg.data.valid, tokenizer, device=device, dtype=dtype,
+                                    batch_size=cfg.data.valid_batch_size, workers=0)
+    engine.train()
+    return {f"{direction}_{key}": result[direction][key] for direction in ("t2i", "i2t")
+            for key in ("r1", "r5", "r10", "mean_recall")}
 
 
 def export_fp32(out_dir: Path, config, path: Path) -> None:
