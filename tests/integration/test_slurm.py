@@ -138,7 +138,8 @@ def _wait(slurm, job, log, done, what, timeout=240):
     deadline = time.time() + timeout
     while not done(record := slurm.job(job)):
         state = record.get("JobState")
-        assert state in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"), (what, state, log.read_text()[-3000:])
+        alive = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED")
+        assert state in alive, (what, state, log.read_text()[-3000:])
         assert time.time() < deadline, (f"no {what} within {timeout}s", log.read_text()[-3000:])
         time.sleep(0.2)
 
