@@ -45,7 +45,7 @@ def plot(metrics: dict[str, dict[int, dict]], out: str) -> list[str]:
     recall_keys = sorted({k for r in valid.values() for k, v in r.items() if isinstance(v, (int, float)) and RECALL.search(k)})
     panels = [("loss", [(train, "loss", "train"), (valid, "loss", "valid"), (valid, "valid_loss", "valid")]),
               ("learning rate", [(train, "lr", "lr")]),
-              ("in-batch accuracy (%)", [(train, "i2t_acc", "train i2t"), (train, "t2i_acc", "train t2i"),
+              ("in-batch accuracy (fraction)", [(train, "i2t_acc", "train i2t"), (train, "t2i_acc", "train t2i"),
                                          (valid, "valid_i2t_acc", "valid i2t"), (valid, "valid_t2i_acc", "valid t2i"),
                                          (valid, "i2t_acc", "valid i2t"), (valid, "t2i_acc", "valid t2i")]),
               ("recall (%)", [(valid, k, k) for k in recall_keys])]

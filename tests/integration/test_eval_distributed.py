@@ -150,7 +150,9 @@ def test_report_renders_in_headless_chromium(runs, tmp_path):
     assert body.count("<div class='q'><h3>") == 12 and "R@10" in body
     assert sum(t["text"] in body for t in runs["truth"].texts) >= 12                       # captions shown
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert browser, "chromium not installed (make install installs it; Debian package 'chromium')"
+    if not browser and not os.environ.get("CI"):
+        pytest.skip("chromium not installed and this is not CI (make test-deps installs it as root; Debian 'chromium')")
+    assert browser, "chromium not installed (make test-deps installs it; Debian package 'chromium')"
     shot = tmp_path / "report.png"
     proc = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                              "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
