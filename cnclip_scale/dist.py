@@ -50,3 +50,8 @@ def export_env(info: RankInfo) -> None:
     elif "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
         raise RuntimeError(f"launched by {info.launcher} as rank {info.rank}/{info.world_size} but MASTER_ADDR/MASTER_PORT "
                            "are not set; export them (launch/*.sbatch derive them from the allocation)")
+    try:  # an unresolvable master makes the rendezvous retry for its whole timeout (30 min): fail now instead
+        socket.getaddrinfo(os.environ["MASTER_ADDR"], None)
+    except socket.gaierror:
+        raise RuntimeError(f"MASTER_ADDR={os.environ['MASTER_ADDR']} does not resolve; use an address the ranks can "
+                           "reach (launch/*.sbatch take the first node's NodeAddr)") from None

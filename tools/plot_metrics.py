@@ -36,7 +36,8 @@ def read(path: str) -> dict[str, dict[int, dict]]:
 
 def series(records: dict[int, dict], key: str) -> tuple[list[int], list[float]]:
     steps = [s for s in sorted(records) if isinstance(records[s].get(key), (int, float))]
-    return steps, [records[s][key] for s in steps]
+    scale = 100.0 if key.endswith("_acc") else 1.0  # the trainer logs accuracies as fractions; the log lines show %
+    return steps, [records[s][key] * scale for s in steps]
 
 
 def plot(metrics: dict[str, dict[int, dict]], out: str) -> list[str]:
@@ -45,7 +46,7 @@ def plot(metrics: dict[str, dict[int, dict]], out: str) -> list[str]:
     recall_keys = sorted({k for r in valid.values() for k, v in r.items() if isinstance(v, (int, float)) and RECALL.search(k)})
     panels = [("loss", [(train, "loss", "train"), (valid, "loss", "valid"), (valid, "valid_loss", "valid")]),
               ("learning rate", [(train, "lr", "lr")]),
-              ("in-batch accuracy (fraction)", [(train, "i2t_acc", "train i2t"), (train, "t2i_acc", "train t2i"),
+              ("in-batch accuracy (%)", [(train, "i2t_acc", "train i2t"), (train, "t2i_acc", "train t2i"),
                                          (valid, "valid_i2t_acc", "valid i2t"), (valid, "valid_t2i_acc", "valid t2i"),
                                          (valid, "i2t_acc", "valid i2t"), (valid, "t2i_acc", "valid t2i")]),
               ("recall (%)", [(valid, k, k) for k in recall_keys])]
