@@ -1,17 +1,12 @@
 """Launch `data_rank.py` as `world` real processes with a gloo rendezvous on loopback."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
+from cnclip_scale.dist import free_port
+
 RANK_SCRIPT = os.path.join(os.path.dirname(__file__), "data_rank.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_ranks(workdir, jobs: dict[str, dict], world: int = 2, timeout: float = 240, env: dict | None = None) -> dict:
@@ -22,7 +17,7 @@ def run_ranks(workdir, jobs: dict[str, dict], world: int = 2, timeout: float = 2
     jobs_file = os.path.join(workdir, f"jobs-{'-'.join(jobs)}.json")
     with open(jobs_file, "w") as f:
         json.dump(configs, f)
-    base = {**os.environ, **(env or {}), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+    base = {**os.environ, **(env or {}), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
             "WORLD_SIZE": str(world), "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, RANK_SCRIPT, jobs_file], env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(world)]
