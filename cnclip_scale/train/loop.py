@@ -265,7 +265,6 @@ def valid_recall(engine, cfg: RunConfig, tokenizer, device, dtype) -> dict[str, 
     with deepspeed.zero.GatheredParameters(params, enabled=cfg.deepspeed.zero_stage == 3):
         result = evaluate_retrieval(engine.module, cfg.data.valid, tokenizer, device=device, dtype=dtype,
                                     batch_size=cfg.data.valid_batch_size, workers=0)
-    engine.train()
     return {f"{direction}_{key}": result[direction][key] for direction in ("t2i", "i2t")
             for key in ("r1", "r5", "r10", "mean_recall")}
 
