@@ -4,6 +4,7 @@ Everything that knows DeepSpeed lives here (and in ``loop.py`` which calls it); 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from .optim import build_optimizer, build_scheduler
 from ..safe_load import deepspeed_safe_load
 
 LATEST = "latest"
+UNIVERSAL = "universal"  # checkpoints/universal/<tag>: a tag converted for a resume under another world size
 
 
 class ResumeError(RuntimeError):
@@ -77,11 +79,15 @@ def input_dtype(cfg: RunConfig) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.deepspeed.precision]
 
 
-def build_engine(model: torch.nn.Module, cfg: RunConfig, max_steps: int):
+def build_engine(model: torch.nn.Module, cfg: RunConfig, max_steps: int, load_universal: bool = False):
+    """``load_universal``: the engine will load a universal checkpoint (see ``to_universal``)."""
     optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.wd, cfg.optim.betas, cfg.optim.eps)
     scheduler = build_scheduler(optimizer, cfg.optim.lr, cfg.optim.warmup, max_steps, cfg.optim.min_lr)
+    config = ds_config(cfg, dist.get_world_size())
+    if load_universal:
+        config.setdefault("checkpoint", {})["load_universal"] = True
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config(cfg, dist.get_world_size()),
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
         model_parameters=[p for p in model.parameters() if p.requires_grad])
     return engine
 
@@ -135,6 +141,7 @@ def save(engine, output_dir: str | Path, step: int, client_state: dict, rank_sta
         tags = sorted(p.name for p in root.glob("step*") if p.is_dir())
         for old in tags[: max(0, len(tags) - keep_last)]:
             shutil.rmtree(root / old, ignore_errors=True)
+            shutil.rmtree(root / UNIVERSAL / old, ignore_errors=True)
     dist.barrier()
     return root / tag
 
@@ -160,27 +167,70 @@ def find_resume(resume: str, output_dir: str | Path) -> tuple[Path, str] | None:
     return None
 
 
-def load(engine, root: Path, tag: str) -> tuple[dict, dict]:
-    """Restore engine states (model, optimiser, scheduler, loss scaler) and this rank's data position and RNG."""
-    saved_world = _saved_world_size(root / tag)
-    if saved_world is not None and saved_world != dist.get_world_size():
+def saved_world_size(root: Path, tag: str) -> int | None:
+    """How many ranks wrote checkpoint ``root/tag`` (each leaves its own data-position file)."""
+    return len(list((root / tag).glob("rank*_state.json"))) or None
+
+
+def needs_universal(root: Path, tag: str) -> bool:
+    saved = saved_world_size(root, tag)
+    return saved is not None and saved != dist.get_world_size()
+
+
+def to_universal(root: Path, tag: str) -> None:
+    """Convert ``root/tag`` with DeepSpeed's ``ds_to_universal`` into ``root/universal/tag`` (rank 0, once; a
+    finished conversion is marked, so an interrupted one is redone). All ranks call this."""
+    out = root / UNIVERSAL / tag
+    error = None
+    if dist.get_rank() == 0 and not (out / "complete").exists():
+        from deepspeed.checkpoint import ds_to_universal
+
+        shutil.rmtree(out, ignore_errors=True)
+        args = argparse.Namespace(input_folder=str(root / tag), output_folder=str(out), num_extract_workers=1,
+                                  num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False)
+        try:
+            with deepspeed_safe_load():  # the converter, too, calls torch.load(weights_only=False)
+                ds_to_universal.main(args)
+            (out / "complete").write_text(tag)
+        except Exception as e:  # noqa: BLE001 - reported to every rank below
+            error = f"{type(e).__name__}: {e}"
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    if errors[0]:
         raise ResumeError(
-            f"checkpoint {root / tag} was written by {saved_world} ranks; this job has {dist.get_world_size()}. ZeRO "
-            "partitions and the data position are per rank, so it cannot continue as is. Either run with "
-            f"{saved_world} ranks, or start a new run from its weights: model.init={root / tag} train.resume=none "
-            "(optimiser state and data position restart; README, 'Resuming on a different number of ranks').")
+            f"checkpoint {root / tag} was written by {saved_world_size(root, tag)} ranks; converting it to a universal "
+            f"checkpoint for {dist.get_world_size()} ranks failed ({errors[0]}). Either run with the original number of "
+            f"ranks, or start a new run from its weights: model.init={root / tag} train.resume=none.")
+
+
+def load(engine, root: Path, tag: str) -> tuple[dict, dict]:
+    """Restore engine states (model, optimiser, scheduler, loss scaler) and this rank's data position and RNG.
+
+    Under another world size (the engine built with ``load_universal``, after ``to_universal``) the ZeRO states are
+    re-partitioned by DeepSpeed; the data position is rank 0's gathered copy (every old rank's position), from which
+    the loader plans the rest of the epoch over the new ranks; the RNG state is not restored (streams are per rank).
+    """
+    universal = engine.load_universal_checkpoint()
+    weight_decay = [group["weight_decay"] for group in engine.optimizer.param_groups]
     with deepspeed_safe_load():
-        _, client_state = engine.load_checkpoint(str(root), tag=tag)
+        _, client_state = engine.load_checkpoint(str(root / UNIVERSAL if universal else root), tag=tag)
+    if universal:
+        # Two slips of DeepSpeed's ZeRO-3 universal loader (0.19): every group gets the first group's hyperparameters,
+        # which would put weight decay on biases and norms, so the model's decay is set back; and every group's Adam
+        # state gets the *same* step tensor, which torch's AdamW increments in place once per group, so each group
+        # would count its steps (bias correction) from a different number; each gets its own copy.
+        for group, decay in zip(engine.optimizer.param_groups, weight_decay):
+            group["weight_decay"] = decay
+        for state in engine.optimizer.optimizer.state.values():
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].clone()
     if client_state is None:
         raise RuntimeError(f"checkpoint {root / tag}: DeepSpeed could not load it (see the messages above)")
-    rank_file = root / tag / f"rank{dist.get_rank():05d}_state.json"
+    rank_file = root / tag / f"rank{0 if universal else dist.get_rank():05d}_state.json"
     rank_state = json.loads(rank_file.read_text()) if rank_file.exists() else {}
+    if universal:
+        rank_state.pop("rng", None)
     return client_state, rank_state
-
-
-def _saved_world_size(tag_dir: Path) -> int | None:
-    ranks = list(tag_dir.glob("rank*_state.json"))
-    return len(ranks) or None
 
 
 def check_finite(loss: torch.Tensor) -> bool:

@@ -151,18 +151,29 @@ def train(cfg: RunConfig) -> dict:
         raise ConfigError(f"data.train: {train_loader.samples_per_epoch} samples make no full global batch of "
                           f"{cfg.data.batch_size} × {world} ranks; lower data.batch_size")
     max_steps = cfg.optim.max_steps or cfg.optim.max_epochs * steps_per_epoch
-    engine = eng.build_engine(model, cfg, max_steps)
+    resume = eng.find_resume(cfg.train.resume, out_dir)
+    universal = resume is not None and eng.needs_universal(*resume)
+    if universal:  # another world size: DeepSpeed re-partitions a universal copy of the checkpoint
+        log.info(f"checkpoint {resume[0] / resume[1]} was written by {eng.saved_world_size(*resume)} ranks; converting "
+                 f"it to a universal checkpoint for {world}")
+        eng.to_universal(*resume)
+    engine = eng.build_engine(model, cfg, max_steps, load_universal=universal)
     device, dtype = engine.device, eng.input_dtype(cfg)
     if rank == 0:
         save_config(cfg, out_dir / "config.yaml")
 
-    step, epoch, epoch_batches = 0, 0, 0
-    resume = eng.find_resume(cfg.train.resume, out_dir)
+    step, epoch, epoch_batches, epoch_samples = 0, 0, 0, 0
+    global_batch = cfg.data.batch_size * world
     if resume is not None:
         client, rank_state = eng.load(engine, *resume)
         step, epoch, epoch_batches = client["step"], client["epoch"], client["epoch_batches"]
+        # Counted in samples: a resume under another world size changes the global batch mid-epoch.
+        epoch_samples = client.get("epoch_samples", epoch_batches * global_batch)
         train_loader.load_state_dict(rank_state["data"])
-        set_rng_state(rank_state["rng"])
+        if "rng" in rank_state:
+            set_rng_state(rank_state["rng"])
+        else:  # a universal resume: new per-rank dropout streams, distinct from the first run's
+            seed_everything(cfg.train.seed + 1000 * rank + step)
         log.info(f"resumed from {resume[0] / resume[1]} at step {step} (epoch {epoch + 1}, batch {epoch_batches})",
                  extra={"all_ranks": True})
     else:
@@ -171,12 +182,14 @@ def train(cfg: RunConfig) -> dict:
 
     sink = MetricsSink(out_dir, rank == 0)
     keys_log = open(out_dir / f"keys_rank{rank}.jsonl", "a") if cfg.train.record_keys else None
-    global_batch = cfg.data.batch_size * world
 
     def checkpoint():
-        client = {"step": step, "epoch": epoch, "epoch_batches": epoch_batches, "model_config": model.config.to_dict(),
+        client = {"step": step, "epoch": epoch, "epoch_batches": epoch_batches, "epoch_samples": epoch_samples,
+                  "model_config": model.config.to_dict(),
                   "run_config": cfg.to_dict()}
-        rank_state = {"data": train_loader.state_dict(), "rng": rng_state()}
+        # gather=True: each rank's file also holds every rank's data position, which a resume under another world
+        # size needs to continue the epoch without repeats.
+        rank_state = {"data": train_loader.state_dict(gather=True), "rng": rng_state()}
         path = eng.save(engine, out_dir, step, client, rank_state, cfg.train.keep_last)
         log.info(f"saved checkpoint {path}")
 
@@ -200,11 +213,12 @@ def train(cfg: RunConfig) -> dict:
             logit_scale = eng.clamp_logit_scale(engine)
             step += 1
             epoch_batches += 1
+            epoch_samples += global_batch
             batch_time = time.time() - tick
             if step % cfg.train.log_every == 0 or step == max_steps:
                 metrics = _mean_over_ranks({k: v.item() for k, v in out.items()})
                 metrics.update(
-                    step=step, max_steps=max_steps, epoch=epoch, epoch_samples=epoch_batches * global_batch,
+                    step=step, max_steps=max_steps, epoch=epoch, epoch_samples=epoch_samples,
                     samples_per_epoch=steps_per_epoch * global_batch, data_time=data_time, batch_time=batch_time,
                     lr=engine.get_lr()[0], logit_scale=logit_scale, global_batch_size=global_batch,
                     samples_per_s=global_batch / max(batch_time, 1e-9), skipped_steps=engine.skipped_steps,
@@ -223,7 +237,7 @@ def train(cfg: RunConfig) -> dict:
                 break
         else:
             epoch += 1
-            epoch_batches = 0
+            epoch_batches = epoch_samples = 0
             train_loader.set_epoch(epoch)
 
     if valid_loader is not None and not (cfg.train.valid_every and step % cfg.train.valid_every == 0):

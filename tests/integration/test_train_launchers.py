@@ -1,6 +1,7 @@
 """launch/pretrain.py under each launcher users have (2 CPU ranks, gloo), and kill -9 + resume."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -44,7 +45,7 @@ def hostfile_run(shards, tmp_path_factory):
     hostfile = tmp / "hostfile"
     hostfile.write_text("localhost slots=2\n")
     log = run([DEEPSPEED, "--hostfile", str(hostfile), "--no_ssh_check", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), PRETRAIN, *overrides(shards, tmp / "out")])
+               "--master_port", str(free_port()), PRETRAIN, *overrides(shards, tmp / "out", 3, "train.record_keys=true")])
     return log, tmp / "out"
 
 
@@ -53,13 +54,28 @@ def test_deepspeed_hostfile_localhost_two_slots(hostfile_run):
     assert_two_ranks_trained(log, out)
 
 
-def test_resume_on_another_world_size_says_how(shards, hostfile_run, tmp_path):
-    _, out = hostfile_run
-    result = subprocess.run([os.sys.executable, PRETRAIN, *overrides(shards, out, 6)], env=train_env(),
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode != 0
-    assert "was written by 2 ranks; this job has 1" in result.stderr
-    assert f"model.init={out / 'checkpoints' / 'step00000003'} train.resume=none" in result.stderr
+def test_resume_on_another_world_size_continues_the_epoch(shards, hostfile_run, tmp_path):
+    """2 ranks wrote step 3 (48 of the epoch's 64 samples); one process resumes through a universal checkpoint,
+    takes exactly the 16 samples no rank had taken, then starts the next epoch."""
+    _, first = hostfile_run
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    log = run([os.sys.executable, PRETRAIN, *overrides(shards, out, 6, "train.record_keys=true")])
+    tag = out / "checkpoints" / "step00000003"
+    assert f"checkpoint {tag} was written by 2 ranks; converting it to a universal checkpoint for 1" in log
+    assert f"resumed from {tag} at step 3" in log
+    assert (out / "checkpoints" / "universal" / "step00000003" / "complete").exists()
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    assert [m["global_batch_size"] for m in metrics] == [16, 16, 16, 8, 8, 8]
+    assert [m["epoch_samples"] for m in metrics] == [16, 32, 48, 56, 64, 8]
+    assert all(m["loss"] == m["loss"] for m in metrics)  # finite
+    before = [k for rank in (0, 1) for step, keys in read_keys(first, rank).items() for k in keys]
+    after = read_keys(out, 0)
+    assert len(before) == len(set(before)) == 48
+    rest = after[4] + after[5]
+    assert len(rest) == len(set(rest)) == 16 and not set(rest) & set(before)
+    assert len(after[6]) == 8 and set(after[6]) <= set(before) | set(rest)
 
 
 def test_deepspeed_two_emulated_nodes(shards, tmp_path):
