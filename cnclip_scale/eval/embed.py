@@ -12,6 +12,7 @@ An image id seen twice (e.g. text-grouped shards) keeps its first occurrence (lo
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -46,6 +47,17 @@ def _thumbnail(image: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     pil.save(buf, format="JPEG", quality=80)
     return buf.getvalue()
+
+
+@contextmanager
+def eval_mode(model):
+    """Dropout off while embedding, the caller's mode back afterwards (the trainer validates mid-run)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def _autocast(device, dtype: torch.dtype):

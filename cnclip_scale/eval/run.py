@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from cnclip_scale import dist as launch_env
 from cnclip_scale.eval import comm, outputs, report, zeroshot
-from cnclip_scale.eval.embed import Split, embed_split, gather_images
+from cnclip_scale.eval.embed import Split, embed_split, eval_mode, gather_images
 from cnclip_scale.eval.retrieval import recall, sharded_topk, split_topk, topk
 
 log = logging.getLogger("cnclip_scale.eval")
@@ -44,12 +44,8 @@ def default_dtype(device: torch.device) -> torch.dtype:
 def retrieve(model, loader, tokenizer, *, device, dtype, top_k: int = 10, gallery_sharded: bool = False,
              thumbs_limit: int = 0) -> Retrieval:
     k = max(top_k, RECALL_K)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         split = embed_split(model, loader, tokenizer, device=device, dtype=dtype, thumbs_limit=thumbs_limit)
-    finally:
-        model.train(was_training)
     n_images, n_texts = len(split.image_ids), len(split.texts)
     if gallery_sharded:
         _, t2i = sharded_topk(split.text_feats, split.image_feats, split.image_index, k)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from cnclip_scale.eval import comm
-from cnclip_scale.eval.embed import embed_texts_sharded
+from cnclip_scale.eval.embed import embed_texts_sharded, eval_mode
 
 # Our own prompt set (``{}`` is the class name): plain, photographic and drawn renderings, a few conditions.
 TEMPLATES = [
@@ -51,7 +51,8 @@ def read_templates(path: str) -> list[str]:
 def class_embeddings(model, tokenizer, classes: list[str], templates: list[str], *, device, dtype) -> torch.Tensor:
     """C×D: per class the re-normalised mean of its normalised template embeddings (texts split over ranks)."""
     prompts = [t.replace("{}", c) for c in classes for t in templates]
-    feats = embed_texts_sharded(model, tokenizer, prompts, device=device, dtype=dtype).float()
+    with eval_mode(model):  # a freshly loaded model is in training mode: its dropout made zero-shot vary run to run
+        feats = embed_texts_sharded(model, tokenizer, prompts, device=device, dtype=dtype).float()
     feats = feats.view(len(classes), len(templates), -1).mean(dim=1)
     return torch.nn.functional.normalize(feats, dim=-1)
 

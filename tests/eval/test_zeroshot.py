@@ -5,10 +5,11 @@ import torch
 from cnclip_scale.eval import zeroshot as Z
 
 
-class TableModel:
+class TableModel(torch.nn.Module):
     """encode_text looks texts up in a table (normalised), enough to check averaging and scoring."""
 
     def __init__(self, table):
+        super().__init__()
         self.table, self.config = table, type("C", (), {"embed_dim": 3})
 
     def encode_text(self, ids, mask):
@@ -33,6 +34,26 @@ def test_class_embedding_is_renormalised_mean_of_normalised_templates():
     s = 2 ** -0.5
     assert torch.allclose(got[0], torch.tensor([s, s, 0]))
     assert torch.allclose(got[1], torch.tensor([0, s, s]))         # not (0, 4, 2)/|.|: each template normalised first
+
+
+def test_class_embeddings_are_deterministic_for_a_model_in_training_mode():
+    """A freshly loaded model is in training mode; its text tower's dropout must not reach the class embeddings."""
+    from cnclip_scale.model import build_model, model_config
+    from cnclip_scale.model.configs import TINY
+    from cnclip_scale.model.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    model = build_model(model_config(TINY))
+    assert model.config.text.hidden_dropout > 0
+    model.train()
+    tokenizer = Tokenizer(context_length=32)
+    classes = ["红色的数字三", "蓝色的数字七"]
+    runs = [Z.class_embeddings(model, tokenizer, classes, Z.TEMPLATES, device="cpu", dtype=torch.float32)
+            for _ in range(2)]
+    assert model.training  # the caller's mode comes back
+    model.eval()
+    reference = Z.class_embeddings(model, tokenizer, classes, Z.TEMPLATES, device="cpu", dtype=torch.float32)
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], reference)
 
 
 def test_labels_from_captions():
