@@ -123,20 +123,20 @@ class SlurmCluster:
         self._spawn([_sbin("munged"), "-F", f"--key-file={key}", f"--socket={m / 'munge.sock'}",
                      f"--pid-file={m / 'munged.pid'}", f"--seed-file={m / 'munged.seed'}",
                      f"--log-file={m / 'munged.log'}"], "munged.out")
-        self._wait_for(lambda: (m / "munge.sock").exists(), 20, "munged socket")
+        self.wait_for(lambda: (m / "munge.sock").exists(), 20, "munged socket")
         self._write_conf()
         self._spawn([_sbin("slurmctld"), "-D", "-i", "-f", str(self.conf)], "slurmctld.out")
         for node in self.nodes:
             self._spawn([_sbin("slurmd"), "-D", "-f", str(self.conf), "-N", node], f"slurmd-{node}.out")
-        self._wait_for(self._all_idle, timeout, "idle nodes")
+        self.wait_for(self.all_idle, timeout, "idle nodes")
         return self
 
-    def _all_idle(self) -> bool:
+    def all_idle(self) -> bool:
         r = self.run(["sinfo", "-h", "-N", "-o", "%N %t"], check=False, timeout=30)
         states = dict(line.split() for line in r.stdout.splitlines() if line.strip())
         return r.returncode == 0 and all(states.get(n) == "idle" for n in self.nodes)
 
-    def _wait_for(self, ready, timeout: float, what: str) -> None:
+    def wait_for(self, ready, timeout: float, what: str) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
             dead = [p.args[0] for p in self.procs if p.poll() is not None]

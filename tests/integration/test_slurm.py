@@ -162,6 +162,13 @@ def test_requeued_then_cancelled_pretrain_job_resumes(slurm, datapath, tmp_path)
     slurm.run(["scontrol", "requeue", job])
     _wait(slurm, job, log, lambda r: r.get("JobState") == "PENDING", "requeue")
     requeued_at = _latest_step(out)
+    # Release it only once its nodes are idle and the requeue's second has passed: slurmd revokes the old
+    # allocation's credential with one-second resolution, and a restart within that second is killed
+    # ("Killing non-startable batch JobId=N: Job credential revoked"), which a real preemption never hits.
+    requeue_second = int(time.time())
+    slurm.wait_for(slurm.all_idle, 60, "idle nodes after the requeue")
+    while int(time.time()) <= requeue_second + 1:
+        time.sleep(0.1)
     slurm.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
     _wait(slurm, job, log, lambda r: _latest_step(out) > requeued_at, "checkpoint after the requeue")
     assert slurm.job(job)["Restarts"] == "1"
