@@ -144,12 +144,12 @@ def train(cfg: RunConfig) -> dict:
     model = _build_model(cfg, log)
     init_dir = cfg.model.init if cfg.model.init and Path(cfg.model.init).is_dir() else None
     tokenizer = Tokenizer.for_model_dir(init_dir, cfg.model.context_length)
-    train_loader = _loader(cfg, cfg.data.train, tokenizer, model.image_size, train=True)
+    try:  # e.g. too few samples for one full global batch: one line naming the setting, not a traceback
+        train_loader = _loader(cfg, cfg.data.train, tokenizer, model.image_size, train=True)
+    except ValueError as e:
+        raise ConfigError(f"data.train: {e}; lower data.batch_size or add data") from None
     valid_loader = _loader(cfg, cfg.data.valid, tokenizer, model.image_size, train=False) if cfg.data.valid else None
     steps_per_epoch = train_loader.batches_per_epoch
-    if steps_per_epoch == 0:
-        raise ConfigError(f"data.train: {train_loader.samples_per_epoch} samples make no full global batch of "
-                          f"{cfg.data.batch_size} × {world} ranks; lower data.batch_size")
     max_steps = cfg.optim.max_steps or cfg.optim.max_epochs * steps_per_epoch
     resume = eng.find_resume(cfg.train.resume, out_dir)
     universal = resume is not None and eng.needs_universal(*resume)

@@ -99,6 +99,14 @@ def test_single_process_without_launcher(shards, tmp_path):
     assert [m["step"] for m in read_metrics(tmp_path / "out")] == [1, 2]
 
 
+def test_too_little_data_for_one_global_batch_is_one_line(shards, tmp_path):
+    result = subprocess.run([os.sys.executable, PRETRAIN, *overrides(shards, tmp_path / "out", 2), "data.batch_size=128"],
+                            env=train_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2
+    assert "pretrain: data.train: 64 samples give no batch to each of 1 ranks (batch size 128" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def _wait_for_checkpoint(out: Path, proc, at_least: int, timeout: float = 300) -> None:
     latest = out / "checkpoints" / "latest"
     deadline = time.time() + timeout
