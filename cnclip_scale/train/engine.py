@@ -208,7 +208,7 @@ def load(engine, root: Path, tag: str) -> tuple[dict, dict]:
 
     Under another world size (the engine built with ``load_universal``, after ``to_universal``) the ZeRO states are
     re-partitioned by DeepSpeed; the data position is rank 0's gathered copy (every old rank's position), from which
-    the loader plans the rest of the epoch over the new ranks; the RNG state is not restored (streams are per rank).
+    the loader plans the rest of the epoch over the new ranks; its RNG state is rank 0's, for the caller to ignore.
     """
     universal = engine.load_universal_checkpoint()
     weight_decay = [group["weight_decay"] for group in engine.optimizer.param_groups]
@@ -228,8 +228,6 @@ def load(engine, root: Path, tag: str) -> tuple[dict, dict]:
         raise RuntimeError(f"checkpoint {root / tag}: DeepSpeed could not load it (see the messages above)")
     rank_file = root / tag / f"rank{0 if universal else dist.get_rank():05d}_state.json"
     rank_state = json.loads(rank_file.read_text()) if rank_file.exists() else {}
-    if universal:
-        rank_state.pop("rng", None)
     return client_state, rank_state
 
 

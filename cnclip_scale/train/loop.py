@@ -170,10 +170,10 @@ def train(cfg: RunConfig) -> dict:
         # Counted in samples: a resume under another world size changes the global batch mid-epoch.
         epoch_samples = client.get("epoch_samples", epoch_batches * global_batch)
         train_loader.load_state_dict(rank_state["data"])
-        if "rng" in rank_state:
-            set_rng_state(rank_state["rng"])
-        else:  # a universal resume: new per-rank dropout streams, distinct from the first run's
+        if universal:  # RNG streams are per rank, so a new world size gets new ones, distinct from the first run's
             seed_everything(cfg.train.seed + 1000 * rank + step)
+        else:
+            set_rng_state(rank_state["rng"])
         log.info(f"resumed from {resume[0] / resume[1]} at step {step} (epoch {epoch + 1}, batch {epoch_batches})",
                  extra={"all_ranks": True})
     else:
