@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: install test-deps test test-unit demo bench clean
+.PHONY: install test-deps test test-unit demo bench clean gpu-check
 
 # Re-install only when the package metadata changes; an unchanged tree makes this a no-op.
 $(STAMP): pyproject.toml
@@ -38,6 +38,12 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py
+
+# The GPU checks (tests/gpu) on a machine with CUDA GPUs: the real-size model under the real launchers with NCCL
+# (6 launches, sized for 8 min on one H100; the 2-GPU checks skip on one). DS_ACCELERATOR=cuda overrides the CPU
+# default exported above, which would put DeepSpeed on its CPU accelerator. Throughput and MFU: benchmarks/bench_gpu.py.
+gpu-check: install
+	DS_ACCELERATOR=cuda $(BIN)/python -m pytest -q -ra -m gpu tests/gpu
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
