@@ -25,8 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cnclip_scale.dist import free_port  # noqa: E402
-from cnclip_scale.eval import outputs, retrieval  # noqa: E402
+from cnclip_scale.eval import outputs, retrieval
+from cnclip_scale.launch_env import free_port
 
 N_IMAGES, N_TEXTS, DIM, K = 29806, 5008, 512, 10
 SEED_EVAL = Path(__import__("cn_clip").__file__).parent / "eval"

@@ -70,23 +70,12 @@ def peak_bf16_flops(device_name: str) -> float | None:
 
 # ---------------------------------------------------------------------------------------------------- one rank
 def init_single_rank(device) -> None:
-    """A process group of one (NCCL on a GPU, gloo on CPU) from env:// variables, as a launcher would set them; our
-    engine and DDP both need one, and nothing here should look for MPI or a launcher."""
-    import socket
+    """A process group of one (NCCL on a GPU, gloo on CPU), as the trainer starts it (a plain process is rank 0 of 1
+    on a free loopback port); our engine and DDP both need one. DS_ACCELERATOR decides the device (see main)."""
+    from cnclip_scale import comm
 
-    import torch
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(port))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    _, got, _ = comm.start(use_deepspeed=False)
+    assert got.type == device.type, (got, device)
 
 
 def sync(device) -> None:

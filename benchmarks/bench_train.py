@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -74,13 +75,13 @@ def rank_main(mode: str, model_name: str, batches: list[int], steps: int, result
 
     from cnclip_scale.model import build_model, model_config
     from cnclip_scale.train.config import load_config
-    from cnclip_scale.train.loss import clip_loss
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     if mode != "ddp":
         from cnclip_scale.train import engine as eng  # imports DeepSpeed: library code, not training memory
+        from cnclip_scale.train.loop import train_step
     base_rss = _rss_mb("VmRSS")
     _reset_peak()
     torch.manual_seed(0)
@@ -96,16 +97,21 @@ def rank_main(mode: str, model_name: str, batches: list[int], steps: int, result
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            with torch.no_grad():  # Chinese-CLIP clamps logit_scale after every step too
+                model.logit_scale.clamp_(0, math.log(100))
     else:
         run_cfg = load_config(None, ["deepspeed.zero_stage=2", "deepspeed.precision=fp32", f"data.batch_size={batches[0]}",
                                      "optim.max_steps=1000", "optim.warmup=0"])
         engine = eng.build_engine(model, run_cfg, max_steps=1000)
+        # The trainer's own step (fp32 temperature, finiteness watch, logit_scale clamp), checked every 10th step as
+        # at the default train.log_every.
+        state = {"logit_scale": eng.clamp_logit_scale(engine), "watch": eng.FiniteWatch(engine.device), "step": 0}
 
         def step(images, ids, mask):
-            img, txt, scale = engine(images, ids, mask)
-            out = clip_loss(img, txt, scale)
-            engine.backward(out["loss"])
-            engine.step()
+            state["step"] += 1
+            _, state["logit_scale"] = train_step(engine, images, ids, mask, (None, None), state["logit_scale"],
+                                                 watch=state["watch"], step=state["step"],
+                                                 check=state["step"] % 10 == 0)
 
     records = []
     for batch in batches:
@@ -133,7 +139,7 @@ MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131
 
 
 def launch(mode: str, model: str, batches: list[int], steps: int, extra_env: dict | None = None) -> dict[int, dict]:
-    from cnclip_scale.dist import free_port
+    from cnclip_scale.launch_env import free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"

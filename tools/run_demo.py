@@ -102,7 +102,7 @@ def main() -> int:
 
 def _port() -> int:
     sys.path.insert(0, str(REPO))
-    from cnclip_scale.dist import free_port
+    from cnclip_scale.launch_env import free_port
     return free_port()
 
 

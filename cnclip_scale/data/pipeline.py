@@ -10,7 +10,8 @@ Training::
         loader.set_epoch(epoch)                         # keeps a loaded mid-epoch position for that epoch
         for batch in loader:                            # exactly loader.batches_per_epoch batches, every rank
             ...                                         # batch["images"] uint8 B×3×r×r, "input_ids" long B×L,
-                                                        # "attention_mask" bool B×L, "image_ids", "text_ids", "keys"
+                                                        # "attention_mask" bool B×L, "image_ids", "text_ids", "keys",
+                                                        # "image_id_hashes"/"text_id_hashes" int64 B
             ckpt["data"] = loader.state_dict(gather=True)   # all ranks call; any rank's copy resumes every rank
         log(loader.stats())                             # corrupt / missing samples, unreadable shards
 
@@ -42,7 +43,9 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from cnclip_scale import comm
 from cnclip_scale.data import state as st
+from cnclip_scale.data.ids import id_hashes
 from cnclip_scale.data.decode import COUNTER_NAMES, Counters, RawSample, parse_sample, read_samples
 from cnclip_scale.data.eval_reader import SeedEvalStream, ShardEvalStream
 from cnclip_scale.data.sources import Shard, resolve_sources
@@ -158,7 +161,9 @@ def _augment_rng(augment: bool, seed: int):
         yield
         return
     with contextlib.nullcontext() if get_worker_info() is not None else torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        # The CPU generator alone: torch.manual_seed would also re-seed CUDA, which fork_rng(devices=[]) does not
+        # restore, and the trainer's dropout on the GPU would become a function of the augmentation seed.
+        torch.default_generator.manual_seed(seed)
         yield
 
 
@@ -236,6 +241,8 @@ class TrainStream(IterableDataset):
         input_ids, mask = self.cfg.tokenizer(list(texts), self.cfg.context_length)
         return {"images": torch.stack(images), "input_ids": input_ids, "attention_mask": mask,
                 "image_ids": list(image_ids), "text_ids": list(text_ids), "keys": list(keys),
+                # hashed here, in the worker, so the training step does no per-sample work on the host
+                "image_id_hashes": id_hashes(image_ids), "text_id_hashes": id_hashes(text_ids),
                 "_loader": {"slot": slot, "position": position, "counts": counters.take()}}
 
 
@@ -317,10 +324,8 @@ class TrainLoader:
         under another world size / worker count / batch size continue the epoch without repeats."""
         state = {**self._state, "positions": dict(self._state["positions"]), "rank": self.cfg.rank,
                  "counts": dict(self._counts)}
-        if gather and torch.distributed.is_available() and torch.distributed.is_initialized():
-            everyone = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(everyone, state)
-            state["ranks"] = {str(s["rank"]): s["positions"] for s in everyone}
+        if gather and comm.active():
+            state["ranks"] = {str(s["rank"]): s["positions"] for s in comm.gather_objects(state)}
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -386,10 +391,17 @@ class EvalLoader:
         self.stream, self.samples, self.workers, self.mp_context = stream, samples, workers, mp_context
         self._counts = dict.fromkeys(COUNTER_NAMES, 0)
 
+    @property
+    def batch_size(self) -> int:
+        """Images per batch (the last batch of each worker may hold fewer)."""
+        return self.stream.batch_size
+
     def __iter__(self):
+        # Its own generator, as in training: the trainer validates mid-run, and a DataLoader otherwise draws its
+        # workers' seed from the global RNG, shifting the trainer's dropout stream.
         batches = self.stream if self.workers == 0 else DataLoader(
             self.stream, batch_size=None, num_workers=self.workers, pin_memory=torch.cuda.is_available(),
-            multiprocessing_context=self.mp_context)
+            multiprocessing_context=self.mp_context, generator=torch.Generator())
         for batch in batches:
             for name, n in batch.pop("_loader")["counts"].items():
                 self._counts[name] += n

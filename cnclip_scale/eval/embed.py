@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from cnclip_scale.eval import comm
+from cnclip_scale import comm
 from cnclip_scale.eval.ids import id_key
 from cnclip_scale.model.transforms import normalize_batch
 
@@ -30,10 +30,10 @@ class Split:
     """One rank's view of an embedded split. Image features are this rank's share; everything else is global."""
     image_ids: list[str]                # all images, canonical order
     image_index: torch.Tensor           # canonical index of each local row (ascending)
-    image_feats: torch.Tensor           # local rows (device, dtype)
+    image_feats: torch.Tensor           # local rows (device, float32)
     text_ids: list[str]                 # all texts, canonical order
     texts: list[str]
-    text_feats: torch.Tensor            # all texts (device, dtype)
+    text_feats: torch.Tensor            # all texts (device, float32)
     gt_text: torch.Tensor               # ground-truth pairs as canonical (text index, image index)
     gt_image: torch.Tensor
     local_captions: dict[str, list[str]] = field(default_factory=dict)   # local image id -> caption texts
@@ -60,22 +60,37 @@ def eval_mode(model):
         model.train(was_training)
 
 
+def _full_batch(x: torch.Tensor, rows: int | None) -> torch.Tensor:
+    """``x`` grown to ``rows`` rows by repeating its last row (cut off again after the forward).
+
+    A matrix product's rounding depends on its shape (BLAS and cuBLAS pick kernels and blockings by the row count), so
+    an image's features would depend on how many others shared its batch, which changes with the number of ranks and
+    loader workers. With every batch the same shape, features — and so rankings — are the same bits however the
+    split was cut. Only each worker's last batch grows."""
+    if rows is None or len(x) >= rows or len(x) == 0:
+        return x
+    return torch.cat([x, x[-1:].expand(rows - len(x), *x.shape[1:])])
+
+
 def _autocast(device, dtype: torch.dtype):
+    """The towers run in ``dtype``; what comes out is cast back to float32 by the callers: retrieval scores in half
+    precision would turn near-equal candidates into exact ties and move recall away from fp32's."""
     device = torch.device(device)
-    enabled = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype in (torch.float16, torch.bfloat16))
 
 
 @torch.no_grad()
 def embed_texts(model, tokenizer, texts: list[str], *, device, dtype, batch_size: int = 256) -> torch.Tensor:
-    """Embeddings of ``texts`` (normalised, ``dtype`` on ``device``), this process alone."""
+    """Embeddings of ``texts`` (normalised, float32 on ``device``; the towers run in ``dtype``), this process alone."""
     out = []
     for s in range(0, len(texts), batch_size):
         ids, mask = tokenizer(texts[s: s + batch_size])
+        n = len(ids)
         with _autocast(device, dtype):
-            out.append(model.encode_text(ids.to(device), mask.to(device)).to(dtype))
+            feats = model.encode_text(_full_batch(ids.to(device), batch_size), _full_batch(mask.to(device), batch_size))
+        out.append(feats[:n].float())
     dim = model.config.embed_dim
-    return torch.cat(out) if out else torch.empty(0, dim, device=device, dtype=dtype)
+    return torch.cat(out) if out else torch.empty(0, dim, device=device)
 
 
 def embed_texts_sharded(model, tokenizer, texts: list[str], *, device, dtype, batch_size: int = 256) -> torch.Tensor:
@@ -92,10 +107,11 @@ def embed_split(model, loader, tokenizer, *, device, dtype, text_batch_size: int
     """Embed this rank's share of ``loader`` (an eval loader for this rank) and the split's texts.
     Keeps up to ``thumbs_limit`` image thumbnails per rank for the report (0: none)."""
     ids, feats, pairs, captions, thumbs = [], [], [], {}, {}
+    rows = getattr(loader, "batch_size", None)
     for batch in loader:
-        images = normalize_batch(batch["images"].to(device), dtype)
+        images = normalize_batch(batch["images"].to(device, non_blocking=True))
         with _autocast(device, dtype):
-            feats.append(model.encode_image(images).to(dtype))
+            feats.append(model.encode_image(_full_batch(images, rows))[: len(images)].float())
         for k, (image_id, texts) in enumerate(zip(batch["image_ids"], batch["texts"])):
             image_id = str(image_id)
             ids.append(image_id)
@@ -103,7 +119,7 @@ def embed_split(model, loader, tokenizer, *, device, dtype, text_batch_size: int
             captions.setdefault(image_id, []).extend(text for _, text in texts)
             if len(thumbs) < thumbs_limit and image_id not in thumbs:
                 thumbs[image_id] = _thumbnail(batch["images"][k])
-    feats = torch.cat(feats) if feats else torch.empty(0, model.config.embed_dim, device=device, dtype=dtype)
+    feats = torch.cat(feats) if feats else torch.empty(0, model.config.embed_dim, device=device)
 
     # Images: agree on the canonical order and on which copy of a repeated id counts.
     every = comm.gather_objects(ids)

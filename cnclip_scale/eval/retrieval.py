@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from cnclip_scale.eval import comm
+from cnclip_scale import comm
 
 MIN_ROWS = 32          # below ~16 rows MKL switches to gemv-like kernels whose rounding differs
 QUERY_CHUNK = 1024     # queries per matmul: the global grid ranks split (identical shapes on 1 or N ranks)

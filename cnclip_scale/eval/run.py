@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from cnclip_scale import dist as launch_env
-from cnclip_scale.eval import comm, outputs, report, zeroshot
+from cnclip_scale import comm
+from cnclip_scale.eval import outputs, report, zeroshot
 from cnclip_scale.eval.embed import Split, embed_split, eval_mode, gather_images
 from cnclip_scale.eval.retrieval import recall, sharded_topk, split_topk, topk
 
@@ -38,7 +37,8 @@ class Retrieval:
 def default_dtype(device: torch.device) -> torch.dtype:
     if device.type != "cuda":
         return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # Without emulation: V100 "supports" bf16 only by emulating it, far slower than its fp16 tensor cores.
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 def retrieve(model, loader, tokenizer, *, device, dtype, top_k: int = 10, gallery_sharded: bool = False,
@@ -80,19 +80,37 @@ def evaluate_retrieval(model, data, tokenizer, *, device=None, dtype=None, top_k
 
 # --------------------------------------------------------------------------------------- the command
 
-def init_process_group() -> tuple[launch_env.RankInfo, torch.device, bool]:
-    """Process group from the launcher's environment (torchrun, deepspeed, srun, or none): gloo on CPU,
-    nccl on GPU. Plain torch.distributed: DeepSpeed's init would JIT-compile its shm comm for nothing."""
-    info = launch_env.detect()
-    device = torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if dist.is_initialized():
-        return info, device, False
-    launch_env.export_env(info)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
-                            **({"device_id": device} if device.type == "cuda" else {}))
-    return info, device, True
+def load_model_once(checkpoint, device: torch.device):
+    """The checkpoint's model on every rank. A DeepSpeed checkpoint is assembled into fp32 from every ZeRO partition
+    (all optimizer states read): rank 0 does that once and broadcasts the weights, rather than every rank alone."""
+    from cnclip_scale.model.clip import build_model
+    from cnclip_scale.model.configs import CLIPConfig
+    from cnclip_scale.model.weights import (
+        WeightsError,
+        detect_format,
+        load_model,
+        load_native_into,
+        read_checkpoint,
+    )
+
+    if comm.world() == 1 or detect_format(checkpoint) != "deepspeed":
+        return load_model(checkpoint).to(device)
+    sd, found = None, None
+    if comm.rank() == 0:
+        try:
+            sd, config, _ = read_checkpoint(checkpoint)
+            found = config.to_dict()
+        except WeightsError as e:
+            found = str(e)
+    found = comm.broadcast_object(found)
+    if isinstance(found, str):
+        raise WeightsError(found)
+    model = build_model(CLIPConfig.from_dict(found))
+    if sd is not None:
+        load_native_into(model, sd)
+    model.to(device)
+    comm.broadcast_(list(model.state_dict().values()))
+    return model
 
 
 def _write_features(args, res: Retrieval, out: str) -> None:
@@ -147,15 +165,14 @@ def run_evaluation(args) -> dict:
     """``launch/evaluate.py``: see its ``--help``. Returns the summary (every rank)."""
     from cnclip_scale.data.pipeline import build_eval_loader
     from cnclip_scale.model.tokenizer import Tokenizer
-    from cnclip_scale.model.weights import load_model
 
-    info, device, created = init_process_group()
+    info, device, created = comm.start(use_deepspeed=False)
     try:
         times = {}
         t0 = time.perf_counter()
         dtype = {"auto": default_dtype(device), "fp32": torch.float32, "fp16": torch.float16,
                  "bf16": torch.bfloat16}[args.precision]
-        model = load_model(args.checkpoint).to(device)
+        model = load_model_once(args.checkpoint, device)
         ckpt_dir = args.checkpoint if os.path.isdir(args.checkpoint) else None
         tokenizer = Tokenizer.for_model_dir(ckpt_dir, min(args.context_length, model.config.text.max_position_embeddings))
         loader = build_eval_loader(args.data, image_size=model.image_size, batch_size=args.batch_size,
@@ -211,12 +228,12 @@ def run_evaluation(args) -> dict:
         comm.barrier()
         return summary
     finally:
-        if created and dist.is_initialized():
-            dist.destroy_process_group()
+        if created:
+            comm.stop()
 
 
 def _line(r: dict) -> str:
     return " ".join(f"{k.upper()} {r[k]:.2f}" for k in ("r1", "r5", "r10")) + f" MR {r['mean_recall']:.2f}"
 
 
-__all__ = ["evaluate_retrieval", "run_evaluation", "retrieve", "init_process_group"]
+__all__ = ["evaluate_retrieval", "run_evaluation", "retrieve", "load_model_once"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from cnclip_scale.eval import comm
+from cnclip_scale import comm
 from cnclip_scale.eval.embed import embed_texts_sharded, eval_mode
 
 # Our own prompt set (``{}`` is the class name): plain, photographic and drawn renderings, a few conditions.

@@ -6,6 +6,8 @@ of the bytes between processes and normalises where the arithmetic is cheap.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from PIL import Image
 from torchvision import transforms as T
@@ -37,10 +39,17 @@ def resize_to_uint8(resolution: int, train: bool = False) -> T.Compose:
     return T.Compose([to_rgb, *_geometry(resolution, train), T.PILToTensor()])
 
 
+@functools.lru_cache(maxsize=16)
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Built once per device: a tensor made from a Python list is a host→device copy, which would stall every step."""
+    mean = torch.tensor(MEAN, dtype=torch.float32).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD, dtype=torch.float32).view(1, 3, 1, 1) * 255
+    return mean.to(device), std.to(device)
+
+
 def normalize_batch(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 B×3×r×r (any device) → normalised ``dtype``; a float input is assumed normalised already."""
     if images.is_floating_point():
         return images.to(dtype)
-    mean = torch.tensor(MEAN, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255
+    mean, std = _mean_std(images.device)
     return ((images.float() - mean) / std).to(dtype)

@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 from pathlib import Path
 
 import deepspeed
 import torch
-import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
 from deepspeed.utils import (safe_get_full_fp32_param, safe_get_local_fp32_param, safe_set_full_fp32_param,
                              safe_set_local_fp32_param)
 
-from ..model.clip import LOGIT_SCALE_MAX
-from .config import RunConfig
+from .. import comm
+from ..model.clip import LOGIT_SCALE_MAX, build_model
+from .config import ConfigError, RunConfig
 from .optim import build_optimizer, build_scheduler
 from ..safe_load import deepspeed_safe_load
 
@@ -63,27 +63,32 @@ def ds_config(cfg: RunConfig, world_size: int) -> dict:
     return generated
 
 
-def init_distributed() -> None:
-    """Process group from the env:// variables (see ``cnclip_scale.dist``): nccl on GPUs, gloo on CPU."""
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+def precision(engine) -> str:
+    """What the engine runs in. Asked of the engine, not our config: a user's ``deepspeed.config`` JSON may change the
+    fp16/bf16 blocks."""
+    return "bf16" if engine.bfloat16_enabled() else "fp16" if engine.fp16_enabled() else "fp32"
 
 
-def device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+def input_dtype(engine) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision(engine)]
 
 
-def input_dtype(cfg: RunConfig) -> torch.dtype:
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.deepspeed.precision]
+def use_tensor_cores(engine) -> None:
+    """fp32 training on Ampere or newer: let matmuls use TF32 (torch leaves it off; ~8x the fp32 matmul rate)."""
+    if engine.device.type == "cuda" and precision(engine) == "fp32":
+        torch.set_float32_matmul_precision("high")
 
 
 def build_engine(model: torch.nn.Module, cfg: RunConfig, max_steps: int, load_universal: bool = False):
     """``load_universal``: the engine will load a universal checkpoint (see ``to_universal``)."""
     optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.wd, cfg.optim.betas, cfg.optim.eps)
     scheduler = build_scheduler(optimizer, cfg.optim.lr, cfg.optim.warmup, max_steps, cfg.optim.min_lr)
-    config = ds_config(cfg, dist.get_world_size())
+    config = ds_config(cfg, comm.world())
+    accelerator = get_accelerator()
+    for half, supported in (("fp16", accelerator.is_fp16_supported), ("bf16", accelerator.is_bf16_supported)):
+        if config.get(half, {}).get("enabled") and not supported():
+            raise ConfigError(f"deepspeed.precision={half}: this {accelerator.device_name()} device has no {half} "
+                              "support DeepSpeed accepts; choose another precision (bf16 or fp32)")
     if load_universal:
         config.setdefault("checkpoint", {})["load_universal"] = True
     engine, _, _, _ = deepspeed.initialize(
@@ -92,29 +97,60 @@ def build_engine(model: torch.nn.Module, cfg: RunConfig, max_steps: int, load_un
     return engine
 
 
-def clamp_logit_scale(engine) -> float:
-    """Clamp logit_scale to [0, ln 100] in the copy the optimiser steps.
+def clamp_logit_scale(engine) -> torch.Tensor:
+    """Clamp logit_scale to [0, ln 100] in the copy the optimiser steps; returns its fp32 value (0-dim, on the engine's
+    device; read it on the host only when logging).
 
     Under fp16/bf16 ZeRO the module holds a half copy that is overwritten from the fp32 master after every step, so
-    clamping the module parameter in place would be undone; we clamp the master. All ranks must call this.
+    clamping the module parameter in place would be undone; we clamp the master. The clamp is written back every step
+    rather than when it changed: asking whether it changed would be a host sync. All ranks must call this.
     """
     param = engine.module.logit_scale
     if not param.requires_grad:
-        return float(param.detach().float().reshape(-1)[0])
+        return param.detach().float().reshape(())
     master = safe_get_full_fp32_param(param)
     if master is None:  # no optimiser-owned copy (ZeRO-0 fp32): the module parameter is the master
         with torch.no_grad():
             param.clamp_(0, LOGIT_SCALE_MAX)
-        return float(param.detach().reshape(-1)[0])
+        return param.detach().float().reshape(())
     clamped = master.clamp(0, LOGIT_SCALE_MAX)
-    if not torch.equal(clamped, master):
-        if hasattr(param, "ds_id"):
-            # ZeRO-3: a 1-element parameter is padded across ranks and DeepSpeed's full setter cannot cut it up;
-            # the clamp is elementwise, so each rank clamps its own fragment.
-            safe_set_local_fp32_param(param, safe_get_local_fp32_param(param).clamp(0, LOGIT_SCALE_MAX))
-        else:
-            safe_set_full_fp32_param(param, clamped)
-    return float(clamped.reshape(-1)[0])
+    if hasattr(param, "ds_id"):
+        # ZeRO-3: a 1-element parameter is padded across ranks and DeepSpeed's full setter cannot cut it up;
+        # the clamp is elementwise, so each rank clamps its own fragment.
+        safe_set_local_fp32_param(param, safe_get_local_fp32_param(param).clamp(0, LOGIT_SCALE_MAX))
+    else:
+        safe_set_full_fp32_param(param, clamped)
+    return clamped.to(engine.device).float().reshape(())
+
+
+def fp32_temperature(scale: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """The temperature with the value of exp(fp32 ``logit_scale``) and the gradient of the model's ``scale``.
+
+    Under bf16 the module's copy of logit_scale moves in steps of 2^-6 (about 1.6% of the temperature near ln 100), so
+    the model's own exp() is that coarse; the master copy is fp32. The gradient still flows into the module's
+    parameter, which is what the engine steps."""
+    scale = scale.float()
+    return scale + (logit_scale.exp().to(scale.device) - scale).detach()
+
+
+def plain_model_copy(engine) -> torch.nn.Module:
+    """The engine's model as a plain fp32 module on its device, without DeepSpeed's hooks, in eval mode.
+
+    Under ZeRO-3 the engine's module only holds partitions, and even inside ``GatheredParameters`` its per-submodule
+    hooks re-partition after each forward and all-gather again on the next: ranks that run a different number of
+    evaluation batches would then issue mismatched collectives. The copy runs any number of forwards alone."""
+    module = engine.module
+    with torch.random.fork_rng(devices=[]):  # its random init must not move the trainer's RNG stream
+        copy = build_model(module.config)
+    copy = copy.to(engine.device).eval()
+    own = dict(copy.named_parameters())
+    params = list(module.parameters())
+    # modifier_rank=None: gathered read-only on every rank (ZeRO-3); a no-op on the other stages.
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=hasattr(params[0], "ds_id")), \
+            torch.no_grad():
+        for name, param in module.named_parameters():
+            own[name].copy_(param.detach())
+    return copy
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
@@ -131,18 +167,18 @@ def save(engine, output_dir: str | Path, step: int, client_state: dict, rank_sta
     root = checkpoint_dir(output_dir)
     tag = f"step{step:08d}"
     client_state = dict(client_state, universal_checkpoint_info={"universal_checkpoint_version": 0.2},
-                        world_size=dist.get_world_size())
+                        world_size=comm.world())
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
-    rank = dist.get_rank()
+    rank = comm.rank()
     _atomic_write(root / tag / f"rank{rank:05d}_state.json", json.dumps(rank_state))
-    dist.barrier()
+    comm.barrier()
     if rank == 0:
         _atomic_write(root / LATEST, tag)
         tags = sorted(p.name for p in root.glob("step*") if p.is_dir())
         for old in tags[: max(0, len(tags) - keep_last)]:
             shutil.rmtree(root / old, ignore_errors=True)
             shutil.rmtree(root / UNIVERSAL / old, ignore_errors=True)
-    dist.barrier()
+    comm.barrier()  # after rank 0's pruning: the others wait here (comm.timeout() allows for slow file systems)
     return root / tag
 
 
@@ -174,32 +210,34 @@ def saved_world_size(root: Path, tag: str) -> int | None:
 
 def needs_universal(root: Path, tag: str) -> bool:
     saved = saved_world_size(root, tag)
-    return saved is not None and saved != dist.get_world_size()
+    return saved is not None and saved != comm.world()
 
 
 def to_universal(root: Path, tag: str) -> None:
     """Convert ``root/tag`` with DeepSpeed's ``ds_to_universal`` into ``root/universal/tag`` (rank 0, once; a
-    finished conversion is marked, so an interrupted one is redone). All ranks call this."""
+    finished conversion is marked, so an interrupted one is redone). All ranks call this; the others wait in the
+    gather below, for as long as ``comm.timeout()`` allows (big models take minutes)."""
     out = root / UNIVERSAL / tag
     error = None
-    if dist.get_rank() == 0 and not (out / "complete").exists():
+    if comm.rank() == 0 and not (out / "complete").exists():
         from deepspeed.checkpoint import ds_to_universal
 
         shutil.rmtree(out, ignore_errors=True)
-        args = argparse.Namespace(input_folder=str(root / tag), output_folder=str(out), num_extract_workers=1,
-                                  num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False)
+        workers = max(1, min(8, (os.cpu_count() or 2) // 2))  # the conversion is per-parameter, in parallel
+        args = argparse.Namespace(input_folder=str(root / tag), output_folder=str(out), num_extract_workers=workers,
+                                  num_merge_workers=workers, keep_temp_folder=False, strict=True,
+                                  inject_missing_state=False)
         try:
             with deepspeed_safe_load():  # the converter, too, calls torch.load(weights_only=False)
                 ds_to_universal.main(args)
             (out / "complete").write_text(tag)
         except Exception as e:  # noqa: BLE001 - reported to every rank below
             error = f"{type(e).__name__}: {e}"
-    errors = [None] * dist.get_world_size()
-    dist.all_gather_object(errors, error)
+    errors = comm.gather_objects(error)
     if errors[0]:
         raise ResumeError(
             f"checkpoint {root / tag} was written by {saved_world_size(root, tag)} ranks; converting it to a universal "
-            f"checkpoint for {dist.get_world_size()} ranks failed ({errors[0]}). Either run with the original number of "
+            f"checkpoint for {comm.world()} ranks failed ({errors[0]}). Either run with the original number of "
             f"ranks, or start a new run from its weights: model.init={root / tag} train.resume=none.")
 
 
@@ -226,13 +264,24 @@ def load(engine, root: Path, tag: str) -> tuple[dict, dict]:
                 state["step"] = state["step"].clone()
     if client_state is None:
         raise RuntimeError(f"checkpoint {root / tag}: DeepSpeed could not load it (see the messages above)")
-    rank_file = root / tag / f"rank{0 if universal else dist.get_rank():05d}_state.json"
+    rank_file = root / tag / f"rank{0 if universal else comm.rank():05d}_state.json"
     rank_state = json.loads(rank_file.read_text()) if rank_file.exists() else {}
     return client_state, rank_state
 
 
-def check_finite(loss: torch.Tensor) -> bool:
-    """True on every rank iff the loss is finite on every rank."""
-    flag = torch.tensor([0.0 if math.isfinite(loss.item()) else 1.0])
-    dist.all_reduce(flag)
-    return flag.item() == 0
+class FiniteWatch:
+    """Remembers, on the device, the first step whose loss was not finite on this rank; ``first_bad_step`` reads it for
+    all ranks (one collective and one host sync: the loop asks on log and checkpoint steps only)."""
+
+    NEVER = 2**62
+
+    def __init__(self, device: torch.device):
+        self.first_bad = torch.full((), self.NEVER, dtype=torch.long, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        fresh = ~torch.isfinite(loss.detach()) & (self.first_bad == self.NEVER)
+        self.first_bad = torch.where(fresh, step, self.first_bad)
+
+    def first_bad_step(self) -> int | None:
+        step = int(comm.all_reduce(self.first_bad, "min").item())  # the host sync, on purpose
+        return None if step == self.NEVER else step

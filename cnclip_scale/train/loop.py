@@ -2,6 +2,10 @@
 
 set up ranks → model (+ init weights, freezing) → data → DeepSpeed engine → resume → steps (forward, local InfoNCE,
 backward, step, clamp logit_scale, log, validate, checkpoint) → final checkpoint and fp32 export.
+
+A step makes no host synchronisation of its own (DeepSpeed's optimizer step makes those it needs, e.g. the fp16
+overflow check): losses, accuracies, the finiteness flag and logit_scale stay on the device, and come to the host
+only on log and checkpoint steps (each ``.item()``/``.tolist()`` below says so).
 """
 from __future__ import annotations
 
@@ -14,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from .. import dist as dist_env
+from .. import comm
 from ..model.clip import build_model
 from ..model.configs import model_config
 from ..model.tokenizer import Tokenizer
@@ -25,12 +28,14 @@ from ..model.weights import load_native_into, read_checkpoint, write_native
 from . import engine as eng
 from .config import ConfigError, RunConfig, save_config
 from .logs import MetricsSink, setup_logging, train_line, valid_line
-from .loss import clip_loss, ids_to_tensor
+from .loss import clip_loss
 from .optim import freeze
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
 
 
 def seed_everything(seed: int) -> None:
@@ -85,7 +90,7 @@ def _loader(cfg: RunConfig, sources: list[str], tokenizer: Tokenizer, image_size
     return build_train_loader(
         sources, tokenizer=tokenizer, image_size=image_size,
         batch_size=cfg.data.batch_size if train else cfg.data.valid_batch_size, workers=cfg.data.workers,
-        rank=dist.get_rank(), world_size=dist.get_world_size(), seed=cfg.train.seed,
+        rank=comm.rank(), world_size=comm.world(), seed=cfg.train.seed,
         resampled=cfg.data.resampled and train, shuffle_buffer=cfg.data.shuffle_buffer if train else 0,
         context_length=cfg.model.context_length, train_augment=cfg.data.augment and train,
         epoch_samples=cfg.data.epoch_samples if train else None, weights=cfg.data.train_weights if train else None,
@@ -94,36 +99,57 @@ def _loader(cfg: RunConfig, sources: list[str], tokenizer: Tokenizer, image_size
 
 
 def _step_inputs(batch: dict, device, dtype, false_negatives: bool):
+    """The batch on the device (non-blocking from the loader's pinned memory); ids arrive hashed by the workers."""
     images = normalize_batch(batch["images"].to(device, non_blocking=True), dtype)
     ids = batch["input_ids"].to(device, non_blocking=True)
     mask = batch["attention_mask"].to(device, non_blocking=True)
-    pair_ids = (ids_to_tensor(batch["image_ids"], device), ids_to_tensor(batch["text_ids"], device)) \
-        if false_negatives else (None, None)
+    pair_ids = (batch["image_id_hashes"].to(device, non_blocking=True),
+                batch["text_id_hashes"].to(device, non_blocking=True)) if false_negatives else (None, None)
     return images, ids, mask, pair_ids
 
 
-def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+def train_step(engine, images, ids, mask, pair_ids, logit_scale: torch.Tensor, *, watch=None, step: int = 0,
+               check: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimizer step: forward, the local InfoNCE at the fp32 temperature, backward, step, the logit_scale clamp.
+
+    ``watch`` (an ``engine.FiniteWatch``, None under fp16 whose loss scaler skips overflowing steps) notes a non-finite
+    loss on the device; ``check`` reads it before the backward (a host sync: the loop asks on log and checkpoint
+    steps), so a checkpoint never holds weights a non-finite loss has touched. Returns the loss and accuracies (on the
+    device) and the clamped fp32 logit_scale for the next step."""
+    img, txt, scale = engine(images, ids, mask)
+    out = clip_loss(img.float(), txt.float(), eng.fp32_temperature(scale, logit_scale), *pair_ids)
+    if watch is not None:
+        watch.update(out["loss"], step)
+        bad = watch.first_bad_step() if check else None
+        if bad is not None:
+            raise NonFiniteLoss(f"non-finite loss at step {bad}", bad)
+    engine.backward(out["loss"])
+    engine.step()
+    return out, eng.clamp_logit_scale(engine)
+
+
+def _mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Averaged on the device in one collective; ``.tolist()`` is the host sync, made on log steps only."""
     keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
-    return {k: v / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+    means = comm.mean(torch.stack([values[k].detach().float().reshape(()) for k in keys]))
+    return dict(zip(keys, means.tolist()))
 
 
 @torch.no_grad()
 def validate(engine, loader, device, dtype, cfg: RunConfig) -> dict[str, float]:
     engine.eval()
-    totals = {"valid_loss": 0.0, "valid_i2t_acc": 0.0, "valid_t2i_acc": 0.0}
+    totals = torch.zeros(3, device=device)  # loss, i2t_acc, t2i_acc summed on the device
     batches = 0
     loader.set_epoch(loader.epoch + 1)  # a fresh pass: the loader yields nothing for an epoch it has finished
     for batch in loader:  # every rank gets the same number of non-empty batches (ZeRO-3 forwards are collective)
         images, ids, mask, (image_ids, text_ids) = _step_inputs(batch, device, dtype, cfg.train.false_negatives)
         img, txt, scale = engine(images, ids, mask)
         out = clip_loss(img.float(), txt.float(), scale.float(), image_ids, text_ids, distributed=False)
-        for key, value in zip(totals, (out["loss"], out["i2t_acc"], out["t2i_acc"])):
-            totals[key] += value.item()
+        totals += torch.stack([out["loss"], out["i2t_acc"], out["t2i_acc"]]).float()
         batches += 1
     engine.train()
-    return _mean_over_ranks({k: v / max(1, batches) for k, v in totals.items()})
+    means = totals / max(1, batches)
+    return _mean_over_ranks(dict(zip(("valid_loss", "valid_i2t_acc", "valid_t2i_acc"), means)))
 
 
 def train(cfg: RunConfig) -> dict:
@@ -131,10 +157,8 @@ def train(cfg: RunConfig) -> dict:
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     if not cfg.data.train:
         raise ConfigError("data.train: no training data; give shard sources, e.g. data.train=[shards/train]")
-    info = dist_env.detect()
-    dist_env.export_env(info)
-    eng.init_distributed()
-    rank, world = dist.get_rank(), dist.get_world_size()
+    info, _, _ = comm.start(use_deepspeed=True)
+    rank, world = comm.rank(), comm.world()
     out_dir = Path(cfg.train.output_dir)
     log = setup_logging(out_dir, rank)
     log.info(f"launcher={info.launcher} world_size={world} precision={cfg.deepspeed.precision} "
@@ -158,7 +182,8 @@ def train(cfg: RunConfig) -> dict:
                  f"it to a universal checkpoint for {world}")
         eng.to_universal(*resume)
     engine = eng.build_engine(model, cfg, max_steps, load_universal=universal)
-    device, dtype = engine.device, eng.input_dtype(cfg)
+    device, dtype, precision = engine.device, eng.input_dtype(engine), eng.precision(engine)
+    eng.use_tensor_cores(engine)
     if rank == 0:
         save_config(cfg, out_dir / "config.yaml")
 
@@ -182,6 +207,8 @@ def train(cfg: RunConfig) -> dict:
 
     sink = MetricsSink(out_dir, rank == 0)
     keys_log = open(out_dir / f"keys_rank{rank}.jsonl", "a") if cfg.train.record_keys else None
+    # fp16 overflow is the loss scaler's job (the step is skipped and counted); elsewhere a non-finite loss is fatal.
+    watch = eng.FiniteWatch(device) if precision != "fp16" else None
 
     def checkpoint():
         client = {"step": step, "epoch": epoch, "epoch_batches": epoch_batches, "epoch_samples": epoch_samples,
@@ -193,45 +220,58 @@ def train(cfg: RunConfig) -> dict:
         path = eng.save(engine, out_dir, step, client, rank_state, cfg.train.keep_last)
         log.info(f"saved checkpoint {path}")
 
+    def is_log_step(n: int) -> bool:
+        return n % cfg.train.log_every == 0 or n == max_steps
+
+    def is_save_step(n: int) -> bool:
+        return bool(cfg.train.save_every) and n % cfg.train.save_every == 0
+
     last_saved = step
+    logit_scale = eng.clamp_logit_scale(engine)  # fp32, on the device; the temperature is computed from it
     tick = time.time()
+    logged = (tick, step)  # (time, step) of the last log line
     while step < max_steps:
         for batch in train_loader:
             data_time = time.time() - tick
             if keys_log is not None:  # which samples each step saw: the proof that resume skips and repeats none
                 keys_log.write(json.dumps({"step": step + 1, "keys": batch["keys"]}) + "\n")
                 keys_log.flush()
-            images, ids, mask, (image_ids, text_ids) = _step_inputs(batch, device, dtype, cfg.train.false_negatives)
-            img, txt, scale = engine(images, ids, mask)
-            out = clip_loss(img.float(), txt.float(), scale.float(), image_ids, text_ids)
-            if cfg.deepspeed.precision != "fp16" and not eng.check_finite(out["loss"]):
-                # fp16 overflow is the loss scaler's job (the step is skipped and counted); elsewhere it is fatal.
-                raise NonFiniteLoss(f"non-finite loss at step {step + 1} ({cfg.deepspeed.precision}); stopping. The "
-                                    f"last good checkpoint is in {eng.checkpoint_dir(out_dir)} (step {last_saved}).")
-            engine.backward(out["loss"])
-            engine.step()
-            logit_scale = eng.clamp_logit_scale(engine)
+            images, ids, mask, pair_ids = _step_inputs(batch, device, dtype, cfg.train.false_negatives)
+            try:
+                out, logit_scale = train_step(engine, images, ids, mask, pair_ids, logit_scale, watch=watch,
+                                              step=step + 1, check=is_log_step(step + 1) or is_save_step(step + 1))
+            except NonFiniteLoss as e:
+                raise NonFiniteLoss(f"non-finite loss at step {e.step} ({precision}); stopping. The last good "
+                                    f"checkpoint is in {eng.checkpoint_dir(out_dir)} (step {last_saved}).",
+                                    e.step) from None
             step += 1
             epoch_batches += 1
             epoch_samples += global_batch
-            batch_time = time.time() - tick
-            if step % cfg.train.log_every == 0 or step == max_steps:
-                metrics = _mean_over_ranks({k: v.item() for k, v in out.items()})
+            if is_log_step(step):
+                metrics = _mean_over_ranks(out)  # host sync (log steps only)
+                # Averaged since the last log: on a GPU, steps between logs only queue work, which this sync waits for.
+                now = time.time()
+                batch_time = (now - logged[0]) / (step - logged[1])
+                logged = (now, step)
                 metrics.update(
                     step=step, max_steps=max_steps, epoch=epoch, epoch_samples=epoch_samples,
                     samples_per_epoch=steps_per_epoch * global_batch, data_time=data_time, batch_time=batch_time,
-                    lr=engine.get_lr()[0], logit_scale=logit_scale, global_batch_size=global_batch,
+                    # .item(): a host sync, on log steps only (as the metrics' .tolist() above)
+                    lr=engine.get_lr()[0], logit_scale=logit_scale.item(), global_batch_size=global_batch,
                     samples_per_s=global_batch / max(batch_time, 1e-9), skipped_steps=engine.skipped_steps,
-                    loss_scale=engine.optimizer.cur_scale if cfg.deepspeed.precision == "fp16" else 1.0,
+                    loss_scale=engine.optimizer.cur_scale if precision == "fp16" else 1.0,
                     **{f"data_{k}": v for k, v in train_loader.stats().items()})
                 log.info(train_line(metrics))
                 sink.write("train", metrics)
             if valid_loader is not None and cfg.train.valid_every and step % cfg.train.valid_every == 0:
-                _run_validation(engine, valid_loader, device, dtype, cfg, step, epoch, logit_scale, log, sink,
+                # validation syncs anyway (its metrics are read); logit_scale.item() adds nothing to that
+                _run_validation(engine, valid_loader, device, dtype, cfg, step, epoch, logit_scale.item(), log, sink,
                                 tokenizer)
-            if cfg.train.save_every and step % cfg.train.save_every == 0:
+                logged = (time.time(), step)  # the next log's step time leaves validation out
+            if is_save_step(step):
                 checkpoint()
                 last_saved = step
+                logged = (time.time(), step)  # and checkpointing
             tick = time.time()
             if step >= max_steps:
                 break
@@ -241,15 +281,14 @@ def train(cfg: RunConfig) -> dict:
             train_loader.set_epoch(epoch)
 
     if valid_loader is not None and not (cfg.train.valid_every and step % cfg.train.valid_every == 0):
-        _run_validation(engine, valid_loader, device, dtype, cfg, step, epoch, eng.clamp_logit_scale(engine), log, sink,
-                        tokenizer)
+        _run_validation(engine, valid_loader, device, dtype, cfg, step, epoch, logit_scale.item(), log, sink, tokenizer)
     if last_saved != step:
         checkpoint()
     export = out_dir / "model.safetensors"
     if rank == 0:
         export_fp32(out_dir, model.config, export)
         log.info(f"fp32 weights written to {export}")
-    dist.barrier()
+    comm.barrier()  # the others wait for rank 0's export (comm.timeout() allows minutes for big models)
     sink.close()
     if keys_log is not None:
         keys_log.close()
@@ -269,16 +308,15 @@ def _run_validation(engine, loader, device, dtype, cfg, step, epoch, logit_scale
 
 
 def valid_recall(engine, cfg: RunConfig, tokenizer, device, dtype) -> dict[str, float]:
-    """Retrieval recall on the validation split through the evaluator (the same code as launch/evaluate.py)."""
-    import deepspeed
-
+    """Retrieval recall on the validation split through the evaluator (the same code as launch/evaluate.py), on a
+    plain copy of the model (see ``engine.plain_model_copy``: ZeRO-3's hooks must not see the evaluation's forwards),
+    its images decoded by the run's loader workers rather than in the training process."""
     from ..eval import evaluate_retrieval
 
-    params = list(engine.module.parameters())
-    # ZeRO-3 keeps only a partition of each parameter on a rank: gather them for the evaluation forward passes.
-    with deepspeed.zero.GatheredParameters(params, enabled=cfg.deepspeed.zero_stage == 3):
-        result = evaluate_retrieval(engine.module, cfg.data.valid, tokenizer, device=device, dtype=dtype,
-                                    batch_size=cfg.data.valid_batch_size, workers=0)
+    model = eng.plain_model_copy(engine)
+    result = evaluate_retrieval(model, cfg.data.valid, tokenizer, device=device, dtype=dtype,
+                                batch_size=cfg.data.valid_batch_size, workers=cfg.data.workers)
+    del model
     return {f"{direction}_{key}": result[direction][key] for direction in ("t2i", "i2t")
             for key in ("r1", "r5", "r10", "mean_recall")}
 

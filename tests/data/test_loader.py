@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from cnclip_scale.data.decode import decode_image
+from cnclip_scale.data.ids import id_hashes
 from cnclip_scale.data.pipeline import build_train_loader
 
 
@@ -28,7 +29,12 @@ def test_batches_have_the_documented_format(uneven, tokenizer):
     assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (3, 3, 32, 32)
     assert batch["input_ids"].dtype == torch.long and batch["input_ids"].shape == (3, 20)
     assert batch["attention_mask"].dtype == torch.bool and batch["attention_mask"].shape == (3, 20)
-    assert set(batch) == {"images", "input_ids", "attention_mask", "image_ids", "text_ids", "keys"}
+    assert set(batch) == {"images", "input_ids", "attention_mask", "image_ids", "text_ids", "keys", "image_id_hashes",
+                          "text_id_hashes"}
+    # the ids hashed in the worker, as the loss compares them (1 and "1" alike: shards store ids as text)
+    assert torch.equal(batch["image_id_hashes"], id_hashes(batch["image_ids"]))
+    assert torch.equal(batch["text_id_hashes"], id_hashes([str(t) for t in batch["text_ids"]]))
+    assert len(set(batch["image_id_hashes"].tolist())) == len(set(batch["image_ids"]))
     for image_id, text_id, ids in zip(batch["image_ids"], batch["text_ids"], batch["input_ids"]):
         text = dict((str(t), s) for t, s in captions[image_id])[text_id]     # a caption of this very image
         assert ids.tolist() == tokenizer([text], 20)[0][0].tolist()
@@ -211,6 +217,17 @@ def test_augmentation_replays_and_leaves_the_callers_rng_alone(uneven, tokenizer
     first = images(1)
     assert torch.equal(torch.rand(3), expected_next)               # workers=0 ran in this process
     assert torch.equal(first, images(1)) and not torch.equal(first, images(1, augment=False))
+
+
+def test_augmentation_in_the_main_process_leaves_the_gpu_rng_alone(uneven, tokenizer, monkeypatch):
+    """torch.manual_seed also re-seeds every CUDA generator, which fork_rng(devices=[]) does not restore: dropout on
+    the GPU would follow the augmentation seed. The loader must seed only the CPU generator."""
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: seeded.append(seed))
+    loader = _loader(uneven.url, tokenizer, world=1, workers=0, train_augment=True, seed=1)
+    assert sum(len(b["keys"]) for b in loader) > 0
+    assert seeded == []
 
 
 def test_group_pair_shards_give_each_pair_once_with_its_own_caption(tmp_path, tokenizer):

@@ -42,3 +42,21 @@ def test_evaluate_retrieval_matches_a_direct_computation():
     assert got["t2i"] == want
     assert got["i2t"] == recall((img @ txt.T).argsort(dim=1, descending=True, stable=True), gt_i, gt_t, 6)
     assert evaluate_retrieval(model, Batches(), tok, device="cpu", gallery_sharded=True) == got
+
+
+def test_features_and_scores_stay_fp32_whatever_the_towers_ran_in():
+    """bf16 features would make near-equal candidates exact ties (8 bits of mantissa): recall would drift from fp32."""
+    from cnclip_scale.eval.embed import embed_split
+
+    torch.manual_seed(0)
+    model = build_model(model_config(TINY)).eval()
+    tok = Tokenizer(context_length=24)
+    full = embed_split(model, Batches(), tok, device="cpu", dtype=torch.float32)
+    half = embed_split(model, Batches(), tok, device="cpu", dtype=torch.bfloat16)
+    assert half.image_feats.dtype == half.text_feats.dtype == torch.float32
+    # the towers did run in bf16 (autocast): close to fp32, not equal
+    assert not torch.equal(half.image_feats, full.image_feats)
+    assert torch.allclose(half.image_feats, full.image_feats, atol=0.05)
+    assert torch.allclose(half.text_feats, full.text_feats, atol=0.05)
+    half_scores = half.text_feats @ half.image_feats.T
+    assert len(set(half_scores.flatten().tolist())) == half_scores.numel()  # no ties made by rounding

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from cnclip_scale.launch_env import free_port
 from cnclip_scale.testing.seed_data import write_seed_dataset
 from cnclip_scale.testing.train_runs import REPO
 
@@ -23,12 +23,6 @@ PRETRAIN = str(REPO / "launch/pretrain.py")
 EVALUATE = str(REPO / "launch/evaluate.py")
 BASE = "ViT-B-16@RoBERTa-wwm-ext-base-chinese"
 TIMEOUT = 600
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def gpu_env(**extra) -> dict:

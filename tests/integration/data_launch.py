@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from cnclip_scale.dist import free_port
+from cnclip_scale.launch_env import free_port
 
 RANK_SCRIPT = os.path.join(os.path.dirname(__file__), "data_rank.py")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnclip_scale.dist import free_port
+from cnclip_scale.launch_env import free_port
 from cnclip_scale.model import build_model, model_config
 from cnclip_scale.model.configs import TINY
 from cnclip_scale.model.weights import write_checkpoint

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnclip_scale.dist import free_port
+from cnclip_scale.launch_env import free_port
 from cnclip_scale.model import build_model, load_model, model_config, read_checkpoint
 from cnclip_scale.model.configs import TINY
 from cnclip_scale.model.weights import write_checkpoint
@@ -34,7 +34,7 @@ def _common(shards, out):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    shards = make_tiny_shards(root / "data", {"train": 64})
+    shards = make_tiny_shards(root / "data", {"train": 64, "valid": 9})
     big_scale = root / "big_scale.safetensors"  # logit_scale above ln(100): only a clamp of the master brings it down
     torch.manual_seed(0)
     model = build_model(model_config(TINY))
@@ -57,6 +57,11 @@ def runs(tmp_path_factory):
             "optim.lr=1e-5", f"model.init={big_scale}", "train.save_every=3"]})
     plan.append({"name": "nan", "nan_at_step": 4, "overrides": _common(shards, root / "nan") + [
         "deepspeed.precision=bf16", "optim.max_steps=6", "train.save_every=2"]})
+    # 9 validation images at batch 4 over 2 ranks: one rank embeds 1 batch, the other 2, so any ZeRO-3 collective
+    # left in the evaluation's forwards would be mismatched (a hang or wrong features).
+    plan.append({"name": "z3-valid", "overrides": _common(shards, root / "z3-valid") + [
+        "deepspeed.zero_stage=3", "deepspeed.precision=fp32", "optim.max_steps=2", "train.valid_every=1",
+        f"data.valid=[{shards}/valid]", "data.valid_batch_size=4"]})
     (root / "plan.json").write_text(json.dumps(plan))
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              "--master_port", str(free_port()), str(HERE / "train_driver.py"), str(root / "plan.json")],
@@ -116,3 +121,19 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(runs):
     assert (out / "checkpoints" / "latest").read_text() == "step00000002"
     sd, _, _ = read_checkpoint(out / "checkpoints")
     assert all(torch.isfinite(t).all() for t in sd.values())
+
+
+def test_zero3_in_training_recall_equals_the_evaluator_on_the_export(runs):
+    from cnclip_scale.eval import evaluate_retrieval
+    from cnclip_scale.model import Tokenizer
+
+    out = runs / "z3-valid"
+    assert json.loads((out / "result.json").read_text())["ok"]
+    valid = read_metrics(out, "valid")
+    assert [m["step"] for m in valid] == [1, 2]
+    model = load_model(out / "model.safetensors")  # the weights of step 2, when the last validation ran
+    expected = evaluate_retrieval(model, str(runs / "data/shards/valid"), Tokenizer(context_length=32), batch_size=4)
+    assert expected["images"] == 9
+    for direction in ("t2i", "i2t"):
+        for key in ("r1", "r5", "r10", "mean_recall"):
+            assert valid[-1][f"{direction}_{key}"] == pytest.approx(expected[direction][key], abs=1e-9), (direction, key)

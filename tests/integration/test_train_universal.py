@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cnclip_scale.dist import free_port
+from cnclip_scale.launch_env import free_port
 from cnclip_scale.testing.train_runs import train_env
 
 pytestmark = pytest.mark.integration

@@ -40,8 +40,19 @@ def nan_after(step: int):
     return poisoned
 
 
+def allow_software_fp16() -> None:
+    """DeepSpeed refuses fp16 on a CPU without native fp16 kernels (AVX512-FP16/AMX-FP16: some of our machines lack
+    them). torch still computes fp16 there, in software, and that is all the loss-scaling scenarios need."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    if accelerator.device_name() == "cpu" and not accelerator.is_fp16_supported():
+        accelerator.is_fp16_supported = lambda: True
+
+
 def main(plan_path: str) -> None:
     plan = json.loads(Path(plan_path).read_text())
+    allow_software_fp16()
     original_loss = loop.clip_loss
     for scenario in plan:
         cfg = load_config(REPO / "configs/tiny-cpu.yaml", scenario["overrides"])

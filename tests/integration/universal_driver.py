@@ -19,6 +19,7 @@ import torch.distributed as dist  # noqa: E402
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from cnclip_scale import comm  # noqa: E402
 from cnclip_scale.model import build_model, model_config  # noqa: E402
 from cnclip_scale.model.configs import TINY  # noqa: E402
 from cnclip_scale.train import engine as eng  # noqa: E402
@@ -76,7 +77,7 @@ def main() -> None:
     p.add_argument("root")
     p.add_argument("--load-from")
     args = p.parse_args()
-    eng.init_distributed()
+    comm.start(use_deepspeed=True)
     rank = dist.get_rank()
     for stage in (2, 3):
         out = Path(args.root) / f"stage{stage}"

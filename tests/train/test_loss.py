@@ -7,10 +7,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from cnclip_scale.dist import free_port
+from cnclip_scale.data.ids import id_hashes
+from cnclip_scale.launch_env import free_port
 from cnclip_scale.model import Tokenizer, build_model, model_config
 from cnclip_scale.model.configs import TINY
-from cnclip_scale.train.loss import clip_loss, ids_to_tensor
+from cnclip_scale.train.loss import clip_loss
 
 GLOBAL_BATCH = 8
 TEXTS = ["红色的苹果", "绿色的梨", "一只橘猫", "黑色的狗", "蓝色的汽车", "白色的房子", "黄色的香蕉", "紫色的葡萄"]
@@ -32,7 +33,7 @@ def tiny():
 def run(model, images, ids, mask, image_ids=None, text_ids=None):
     img, txt, scale = model(images, ids, mask)
     if image_ids is not None:
-        image_ids, text_ids = ids_to_tensor(image_ids), ids_to_tensor(text_ids)
+        image_ids, text_ids = id_hashes(image_ids), id_hashes(text_ids)
     out = clip_loss(img, txt, scale, image_ids, text_ids)
     out["loss"].backward()
     return out
@@ -78,7 +79,7 @@ def test_false_negatives_are_positives():
     img = F.normalize(torch.randn(4, 8), dim=-1)
     txt = F.normalize(torch.randn(4, 8), dim=-1)
     txt[1] = img[0]  # entries 0 and 1 show the same image (id 7); image 0's best caption is entry 1's
-    image_ids, text_ids = ids_to_tensor(["7", "7", "8", "9"]), ids_to_tensor(["a", "b", "c", "d"])
+    image_ids, text_ids = id_hashes(["7", "7", "8", "9"]), id_hashes(["a", "b", "c", "d"])
     scale = torch.tensor(10.0)
     out = clip_loss(img, txt, scale, image_ids, text_ids)
 
@@ -96,6 +97,6 @@ def test_false_negatives_are_positives():
 
 
 def test_ids_hash_stably():
-    a = ids_to_tensor(["1000002", "abc", 42])
-    assert torch.equal(a, ids_to_tensor(["1000002", "abc", "42"]))
+    a = id_hashes(["1000002", "abc", 42])
+    assert torch.equal(a, id_hashes(["1000002", "abc", "42"]))
     assert a.dtype == torch.long and (a >= 0).all() and len(set(a.tolist())) == 3

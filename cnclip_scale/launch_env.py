@@ -3,6 +3,7 @@
 The deepspeed launcher and torchrun export RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT; srun exports
 SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID (our sbatch scripts also export MASTER_ADDR/MASTER_PORT). A plain
 ``python launch/x.py`` gets rank 0 of 1 on a free loopback port, so DeepSpeed need not look for MPI.
+Starting the process group itself is ``cnclip_scale.comm.start``.
 """
 from __future__ import annotations
 
@@ -55,3 +56,19 @@ def export_env(info: RankInfo) -> None:
     except socket.gaierror:
         raise RuntimeError(f"MASTER_ADDR={os.environ['MASTER_ADDR']} does not resolve; use an address the ranks can "
                            "reach (launch/*.sbatch take the first node's NodeAddr)") from None
+
+
+def device_index(local_rank: int, visible: int) -> int:
+    """Which of the ``visible`` accelerator devices this process drives.
+
+    Normally device ``local_rank``. Under ``srun --gpus-per-task=1`` (or a site's ``--gpu-bind``) each task sees only
+    its own GPU, as device 0, while SLURM_LOCALID still counts the node's tasks: cuda:LOCALID would be out of range.
+    """
+    if visible <= 0:
+        raise RuntimeError("no accelerator device is visible to this process (check CUDA_VISIBLE_DEVICES / --gpus)")
+    if local_rank < visible:
+        return local_rank
+    if visible == 1:
+        return 0
+    raise RuntimeError(f"local rank {local_rank} but only {visible} devices are visible to this process: give each "
+                       "task all of its node's GPUs (srun --gpu-bind=none) or exactly one (--gpus-per-task=1)")
