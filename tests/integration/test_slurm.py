@@ -3,6 +3,7 @@
 Two emulated nodes whose names do not resolve; jobs are CPU ranks (gloo). The deepspeed hostfile launcher (one host
 with two slots, two hosts via --no_ssh --node_rank) is proven in test_train_launchers.py.
 """
+import json
 import os
 import socket
 import subprocess
@@ -185,3 +186,15 @@ def test_requeued_then_cancelled_pretrain_job_resumes(slurm, datapath, tmp_path)
     assert _resumed(out, cancelled_at) in text
     assert {m["step"] for m in read_metrics(out)} == set(range(1, steps + 1))
     assert _latest_step(out) == steps and (out / "model.safetensors").exists()
+
+
+def test_evaluate_sbatch_on_two_nodes(slurm, datapath, tmp_path):
+    """launch/evaluate.sbatch shares the training scripts' rendezvous (launch/rendezvous.sh): 2 nodes × 1 rank."""
+    out, log = tmp_path / "eval", tmp_path / "eval.log"
+    args = ["--checkpoint", str(datapath / "pretrained_weights" / "clip_cn_tiny.pt"),
+            "--data", str(datapath / "datasets" / "tiny" / "shards" / "train"), "--split", "train",
+            "--output", str(out), "--workers", "1", "--context-length", "32", "--no-report"]
+    rc, _ = submit(slurm, "evaluate.sbatch", log, ["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1"], args)
+    assert rc == 0, log.read_text()[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["world_size"], summary["launcher"], summary["images"]) == (2, "srun", 64)
