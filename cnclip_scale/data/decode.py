@@ -51,10 +51,21 @@ class RateLimitedLog:
 class Counters:
     values: dict = field(default_factory=lambda: dict.fromkeys(COUNTER_NAMES, 0))
     warnings: RateLimitedLog = field(default_factory=RateLimitedLog)
+    # Never reset by take(), and the latest message per kind: what an error says when nothing was usable.
+    totals: dict = field(default_factory=lambda: dict.fromkeys(COUNTER_NAMES, 0))
+    last: dict = field(default_factory=dict)
 
     def bad(self, kind: str, message: str, n: int = 1) -> None:
         self.values[kind] += n
+        self.totals[kind] += n
+        self.last[kind] = message
         self.warnings.warn(message)
+
+    def summary(self) -> str:
+        """One line: the non-zero totals and the latest message of each kind."""
+        counts = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in self.totals.items() if n)
+        examples = "; ".join(" ".join(self.last[kind].split())[:300] for kind in COUNTER_NAMES if kind in self.last)
+        return f"{counts or 'nothing counted'}" + (f" (latest: {examples})" if examples else "")
 
     def take(self) -> dict:
         """The counts since the last take (each batch carries its own increments)."""

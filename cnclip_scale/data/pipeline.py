@@ -46,12 +46,19 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from cnclip_scale import comm
 from cnclip_scale.data import state as st
 from cnclip_scale.data.ids import id_hashes
-from cnclip_scale.data.decode import COUNTER_NAMES, Counters, RawSample, parse_sample, read_samples
+from cnclip_scale.data.decode import COUNTER_NAMES, Counters, RateLimitedLog, RawSample, parse_sample, read_samples
 from cnclip_scale.data.eval_reader import SeedEvalStream, ShardEvalStream
-from cnclip_scale.data.sources import Shard, resolve_sources
+from cnclip_scale.data.sources import DataError, Shard, resolve_sources
 from cnclip_scale.model.transforms import resize_to_uint8
 
 log = logging.getLogger("cnclip_scale.data")
+
+__all__ = ["DataError", "build_eval_loader", "build_train_loader"]
+
+# A resampled slot gives up after this many shard draws in a row without one usable sample (or sooner, once
+# every distinct shard has failed in that run). Failing draws cost a failed open or a few decodes each, so
+# this is seconds; a source where 255 draws in 256 fail is not worth training on.
+MAX_FAILED_DRAWS = 256
 
 
 def _is_local(url: str) -> bool:
@@ -85,6 +92,11 @@ class TrainConfig:
     context_length: int = 52
     train_augment: bool = False
     storage_options: dict = field(default_factory=dict)
+    sources: list = field(default_factory=list)   # the source specs as given, for error messages
+
+    def source_names(self) -> str:
+        names = self.sources or sorted({s.url.rsplit("/", 1)[0] for s in self.shards})
+        return " :: ".join(names)
 
 
 @dataclass
@@ -110,11 +122,53 @@ class EpochPart:
         return position if self.remaining is None else self.remaining[position - self.offset]
 
 
+class _FailedDraws:
+    """Resampled epochs draw shards forever, so a source with no usable sample would never end an epoch.
+    This counts, in the order the consumer finishes them, shard draws none of whose samples was usable;
+    a usable sample resets the count. Past the bound, DataError names the sources and what went wrong."""
+
+    def __init__(self, cfg: TrainConfig, counters: Counters):
+        self.cfg, self.counters = cfg, counters
+        self.distinct = {s.url for s in cfg.shards if s.samples}
+        self.bases: list[int] = []        # first input index of each draw
+        self.left: dict[int, list] = {}   # draw -> [samples not yet consumed, shard url]
+        self.failed, self.failed_urls = 0, set()
+
+    def drawn(self, base: int, url: str, wanted: int) -> None:
+        self.bases.append(base)
+        if wanted:
+            self.left[len(self.bases) - 1] = [wanted, url]
+
+    def consumed(self, index: int, usable: bool) -> None:
+        draw = bisect.bisect_right(self.bases, index) - 1
+        entry = self.left.get(draw)
+        if usable:
+            self.failed, self.failed_urls = 0, set()
+            if entry is not None:
+                entry[1] = None                     # this draw gave something: it cannot count as failed
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0]:
+            return
+        del self.left[draw]
+        if entry[1] is None:
+            return
+        self.failed += 1
+        self.failed_urls.add(entry[1])
+        if self.failed >= MAX_FAILED_DRAWS or self.failed_urls >= self.distinct:
+            raise DataError(f"no usable sample in {self.cfg.source_names()}: {self.failed} shard draws in a row "
+                            f"({len(self.failed_urls)} of {len(self.distinct)} shards) gave none: "
+                            f"{self.counters.summary()}")
+
+
 class _SlotInputs:
     """A slot's input samples in reading order, as (input index, RawSample or None)."""
 
-    def __init__(self, cfg: TrainConfig, part: EpochPart, plan: st.SlotPlan, skip: set, counters: Counters):
+    def __init__(self, cfg: TrainConfig, part: EpochPart, plan: st.SlotPlan, skip: set, counters: Counters,
+                 draws: _FailedDraws | None = None):
         self.cfg, self.part, self.plan, self.skip, self.counters = cfg, part, plan, skip, counters
+        self.draws = draws
 
     def _segments(self):
         """(shard, {sample index in shard: input index}) in reading order."""
@@ -124,6 +178,8 @@ class _SlotInputs:
             base = 0
             while True:
                 shard = draw.choices(cfg.shards, weights=cfg.weights)[0]
+                if self.draws is not None:
+                    self.draws.drawn(base, shard.url, sum(base + i not in self.skip for i in range(shard.samples)))
                 yield shard, {i: base + i for i in range(shard.samples)}
                 base += shard.samples
         # Exact: this slot's stretch of the epoch's sequence, grouped by shard (ascending positions).
@@ -188,7 +244,8 @@ class TrainStream(IterableDataset):
         order = st.buffered_order(itertools.count() if count is None else range(count), cfg.layout.shuffle_buffer,
                                   seed)
         skip = set(itertools.islice(order, position))        # inputs used before the saved position
-        inputs, pending = iter(_SlotInputs(cfg, part, plan, skip, counters)), {}
+        draws = _FailedDraws(cfg, counters) if count is None else None
+        inputs, pending = iter(_SlotInputs(cfg, part, plan, skip, counters, draws)), {}
         transform = resize_to_uint8(cfg.image_size, train=cfg.train_augment)
         last_good = None
         for b in range(first_batch, len(plan.batch_sizes)):
@@ -203,11 +260,12 @@ class TrainStream(IterableDataset):
                         got, raw = next(inputs)
                         pending[got] = raw
                     raw = pending.pop(index)
-                    if raw is not None:
-                        item = self._sample(raw, transform, counters, (*seed, position))
-                        if item is not None:
-                            items.append(item)
-                            last_good = item
+                    item = None if raw is None else self._sample(raw, transform, counters, (*seed, position))
+                    if item is not None:
+                        items.append(item)
+                        last_good = item
+                    if draws is not None:
+                        draws.consumed(index, item is not None)
                 if not items:
                     # Damage left a planned batch empty; an empty batch would break the step on this rank
                     # only, so repeat one good sample (counted) to keep every rank in step.
@@ -228,13 +286,17 @@ class TrainStream(IterableDataset):
             return None
 
     def _any_good(self, transform):
+        # Exact epochs end by themselves; when damage emptied a batch and no earlier one had a good sample,
+        # one pass over every shard either finds a filler or shows that nothing here can be trained on.
+        counters = Counters(warnings=RateLimitedLog(burst=0, every=float("inf")))   # the error says it all
         for shard in self.cfg.shards:
-            for _, raw in read_samples(shard.url, 0, shard.samples, lambda i: True, Counters(),
+            for _, raw in read_samples(shard.url, 0, shard.samples, lambda i: True, counters,
                                        self.cfg.storage_options):
-                item = raw and self._sample(raw, transform, Counters(), ("filler",))
+                item = raw and self._sample(raw, transform, counters, ("filler",))
                 if item:
                     return item
-        raise RuntimeError("no readable sample in any shard")
+        raise DataError(f"no usable sample in {self.cfg.source_names()}: none of its {len(self.cfg.shards)} shards "
+                        f"gave one: {counters.summary()}")
 
     def _collate(self, items, slot: int, position: int, counters: Counters) -> dict:
         images, image_ids, text_ids, texts, keys = zip(*items)
@@ -378,7 +440,7 @@ def build_train_loader(sources, *, tokenizer, image_size: int, batch_size: int, 
                        shuffle_buffer, shard_shuffle, epoch_samples if resampled else None,
                        sum(s.samples for s in shards))
     cfg = TrainConfig(shards, [s.weight for s in resolved for _ in s.shards], layout, rank, tokenizer, image_size,
-                      context_length, train_augment, dict(storage_options or {}))
+                      context_length, train_augment, dict(storage_options or {}), [s.spec for s in resolved])
     return TrainLoader(cfg, workers=workers, prefetch_factor=prefetch_factor, mp_context=mp_context)
 
 

@@ -28,6 +28,8 @@ import braceexpand
 import fsspec
 from webdataset.gopen import gopen, gopen_schemes
 
+from cnclip_scale.data.manifest import ManifestError, check_manifest, check_stats
+
 # Schemes webdataset 1.0.2 cannot open itself; `file`, `pipe` and `http(s)` keep webdataset's handlers.
 FSSPEC_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "hf", "memory")
 
@@ -42,6 +44,20 @@ for _scheme in FSSPEC_SCHEMES:
 
 class SourceError(ValueError):
     """A source cannot be used (missing shard or manifest, unknown sample count); one clear line."""
+
+
+class DataError(RuntimeError):
+    """The data cannot feed training at all (e.g. no shard yields a usable sample); one clear line.
+
+    Raised in DataLoader workers too: torch re-raises a worker's exception in the main process by calling
+    the class with "Caught DataError in DataLoader worker process N.\nOriginal Traceback ...\nDataError: MSG".
+    The constructor keeps MSG alone, so the message stays one line whichever process raised it."""
+
+    def __init__(self, message: str = ""):
+        if "\n" in message:
+            last = message.rstrip().rsplit("\n", 1)[-1]
+            message = last.split("DataError: ", 1)[1] if "DataError: " in last else " ".join(message.split())
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -77,17 +93,26 @@ def _join(base: str, name: str) -> str:
     return name if "://" in name or name.startswith("/") else posixpath.join(base, name)
 
 
-def _read_json(url: str, storage_options: dict | None):
+def _read_json(url: str, storage_options: dict | None, check=None):
+    """The parsed JSON at `url` (None if missing), passed through `check` (a manifest.py checker): a file
+    that is not JSON or lacks a field the plan needs is a SourceError naming the file and the field."""
     fs, path = _fs(url, storage_options)
     try:
-        return json.loads(fs.cat_file(path))
+        raw = fs.cat_file(path)
     except FileNotFoundError:
         return None
+    try:
+        doc = json.loads(raw)
+        return check(doc, url) if check else doc
+    except ManifestError as err:
+        raise SourceError(str(err)) from None
+    except ValueError as err:   # JSONDecodeError, UnicodeDecodeError
+        raise SourceError(f"{url}: not valid JSON: {' '.join(str(err).split())}") from None
 
 
 def _from_manifest(url: str, manifest: dict) -> list[Shard]:
     base = url.rsplit("/", 1)[0]
-    return [Shard(_join(base, s["shard"]), int(s["samples"])) for s in manifest["shards"]]
+    return [Shard(_join(base, s["shard"]), s["samples"]) for s in manifest["shards"]]
 
 
 def _stats_url(shard_url: str) -> str:
@@ -101,16 +126,19 @@ def _counts(urls: list[str], storage_options: dict | None) -> tuple[list[Shard],
     for url in urls:
         folder, name = url.rsplit("/", 1) if "/" in url else (".", url)
         if folder not in manifests:
-            manifests[folder] = _read_json(f"{folder}/manifest.json", storage_options)
+            manifests[folder] = _read_json(f"{folder}/manifest.json", storage_options, check_manifest)
         known = {s["shard"]: s["samples"] for s in (manifests[folder] or {}).get("shards", [])}
         if name in known:
             shards.append(Shard(url, int(known[name])))
             continue
         stats = _read_json(_stats_url(url), storage_options)
-        if not stats or stats.get("samples") is None:
+        if stats is None:
             raise SourceError(f"no sample count for {url}: it is not in {folder}/manifest.json and has no "
                               f"{_stats_url(url).rsplit('/', 1)[-1]} (epochs are planned from counts)")
-        shards.append(Shard(url, int(stats["samples"])))
+        try:
+            shards.append(Shard(url, check_stats(stats, _stats_url(url))["samples"]))
+        except ManifestError as err:
+            raise SourceError(str(err)) from None
     single = list(manifests.values())
     return shards, single[0] if len(single) == 1 else None
 
@@ -119,7 +147,7 @@ def resolve_source(spec: str, storage_options: dict | None = None, weight: float
     """One source string -> its shards with sample counts (see the module docstring)."""
     spec = spec.strip()
     if spec.endswith(".json"):
-        manifest = _read_json(spec, storage_options)
+        manifest = _read_json(spec, storage_options, check_manifest)
         if manifest is None:
             raise SourceError(f"manifest not found: {spec}")
         return Source(spec, _from_manifest(spec, manifest), weight, manifest.get("group"), manifest)
@@ -127,7 +155,7 @@ def resolve_source(spec: str, storage_options: dict | None = None, weight: float
         shards, manifest = _counts(list(braceexpand.braceexpand(spec)), storage_options)
         return Source(spec, shards, weight, (manifest or {}).get("group"), manifest)
     folder = spec.rstrip("/")
-    manifest = _read_json(f"{folder}/manifest.json", storage_options)
+    manifest = _read_json(f"{folder}/manifest.json", storage_options, check_manifest)
     if manifest is not None:
         return Source(spec, _from_manifest(f"{folder}/manifest.json", manifest), weight, manifest.get("group"),
                       manifest)

@@ -15,6 +15,7 @@ import sys
 import tarfile
 from typing import Iterator
 
+from cnclip_scale.data.manifest import ManifestError, check_manifest, check_stats
 from cnclip_scale.shards.writer import Destination, DestinationError, describe_storage_error
 
 THUMB = 160
@@ -43,7 +44,9 @@ def verify_shard(dest: Destination, split: str, entry: dict) -> list[str]:
             sha.update(chunk)
             size += len(chunk)
     samples = sum(1 for _ in iter_samples(dest, f"{split}/{entry['shard']}"))
-    stats = dest.read_json(f"{split}/{entry['shard'].replace('.tar', '.stats.json')}") or {}
+    stats_rel = f"{split}/{entry['shard'].replace('.tar', '.stats.json')}"
+    stats = dest.read_json(stats_rel)
+    stats = {} if stats is None else check_stats(stats, dest.path(stats_rel))
     problems = []
     for what, got, want in (("sha256", sha.hexdigest(), entry["sha256"]), ("bytes", size, entry["bytes"]),
                             ("samples", samples, entry["samples"]), ("stats sha256", sha.hexdigest(), stats.get("sha256"))):
@@ -107,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         manifest = dest.read_json(f"{split}/manifest.json")
         if manifest is None:
             raise DestinationError(f"no readable manifest.json at {url} (not converted, or still running)")
+        check_manifest(manifest, dest.path(f"{split}/manifest.json"), full=True)
         return _report(dest, split, manifest, args)
-    except DestinationError as err:
+    except (DestinationError, ManifestError) as err:
         print(f"inspect_shards: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:

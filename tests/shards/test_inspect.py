@@ -38,3 +38,30 @@ def test_inspect_catches_a_changed_or_missing_shard(clean_seed, tmp_path):
     assert missing.returncode == 1 and "valid-000001.tar: missing" in missing.stdout
     nothing = run_inspect(tmp_path / "nowhere")
     assert nothing.returncode == 2 and nothing.stderr.startswith("inspect_shards: error: no readable manifest.json")
+
+
+def test_inspect_names_the_file_and_field_of_an_impossible_manifest_or_stats(clean_seed, tmp_path):
+    """Issue 13 item 5: a manifest without `shards` was a KeyError traceback; a negative count went unnoticed."""
+    root, _ = clean_seed
+    out = tmp_path / "out"
+    assert convert("--src", root, "--dst", out, "--splits", "valid", "--samples-per-shard", "5") == 0
+    manifest_path = out / "valid" / "manifest.json"
+    good = json.loads(manifest_path.read_text())
+    for edit, field in ((lambda m: m.pop("shards"), "field shards is missing"),
+                        (lambda m: m["shards"][1].update(samples=-3), "field shards[1].samples must be a non-negative"),
+                        (lambda m: m["totals"].update(samples="12"), "field totals.samples must be a non-negative"),
+                        (lambda m: m["records"]["images"].pop("written"), "field records.images.written is missing")):
+        broken = json.loads(json.dumps(good))
+        edit(broken)
+        manifest_path.write_text(json.dumps(broken))
+        result = run_inspect(out / "valid", "--verify")
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stderr.startswith(f"inspect_shards: error: {manifest_path}: {field}"), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    manifest_path.write_text(json.dumps(good))
+    stats_path = out / "valid" / "valid-000000.stats.json"
+    stats_path.write_text(json.dumps({**json.loads(stats_path.read_text()), "samples": -5}))
+    result = run_inspect(out / "valid", "--verify")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"inspect_shards: error: {stats_path}: field samples must be a non-negative "
+                                     f"integer, got -5")
