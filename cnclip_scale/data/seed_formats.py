@@ -41,6 +41,7 @@ class TextRecord:
 
 # ----------------------------------------------------------------------------------------------- TSV
 
+BOM = b"\xef\xbb\xbf"              # editors on Windows start UTF-8 files with it; never part of an id or JSON
 _WHITESPACE = b" \t\r\n\x0b\x0c"  # what bytes.strip() strips, as Chinese-CLIP's line.strip() does
 _MAX_ID = 4096                      # an id longer than this is not an id
 
@@ -59,6 +60,8 @@ def iter_tsv_lines(path: str, start: int = 0, end: int | None = None, first_line
     mapped = _map(path)
     view, pos, number = memoryview(mapped), start, first_line
     end = size if end is None else min(end, size)
+    if pos == 0 and mapped[:len(BOM)] == BOM:
+        pos = len(BOM)   # the first line starts after it: offsets stay exact for tsv_lines_at
     while pos < end:
         newline = mapped.find(b"\n", pos)
         stop = size if newline < 0 else newline + 1
@@ -214,6 +217,8 @@ def iter_texts_jsonl(path: str) -> Iterator[tuple[int, TextRecord | BadRecord]]:
     """Yield (line_number, TextRecord or BadRecord) for every line of a `{split}_texts.jsonl`."""
     with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
+            if number == 1:
+                line = line.removeprefix(BOM)
             try:
                 yield number, parse_text_line(line)
             except BadRecord as bad:

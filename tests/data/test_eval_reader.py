@@ -59,3 +59,19 @@ def test_missing_seed_file_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="valid_texts.jsonl"):
         build_eval_loader(str(tmp_path / "valid_imgs.tsv"), image_size=32, batch_size=4, workers=0, rank=0,
                           world_size=1)
+
+
+def test_seed_folder_with_a_utf8_bom_reads_the_first_image_and_text(tmp_path):
+    """Issue 13 item 9: a BOM made the first image id "\\ufeff1000000" and dropped the first caption."""
+    from cnclip_scale.testing.seed_data import write_seed_split
+
+    truth = write_seed_split(str(tmp_path), "valid", 5, size=32)
+    for name in ("valid_imgs.tsv", "valid_texts.jsonl"):
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    per_rank = _read(str(tmp_path), world=1, workers=0, split="valid")
+    _check(per_rank, truth)
+    loader = build_eval_loader(str(tmp_path), image_size=32, batch_size=4, workers=0, rank=0, world_size=1,
+                               split="valid")
+    list(loader)
+    assert loader.stats()["corrupt_samples"] == 0

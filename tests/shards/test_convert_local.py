@@ -125,3 +125,26 @@ def test_images_without_texts_are_kept_in_image_mode_and_rejected_in_pair_mode(t
     assert manifest["totals"]["images_without_texts"] == 1 and manifest["totals"]["images"] == 5
     assert convert("--src", tmp_path, "--dst", tmp_path / "pair", "--splits", "test", "--group", "pair") == 0
     assert reject_tuples(tmp_path / "pair" / "test") == [("image", "test_imgs.tsv", 5, "no_texts")]
+
+
+def _prepend_bom(path):
+    data = path.read_bytes()
+    path.write_bytes(b"\xef\xbb\xbf" + data)
+
+
+def test_a_utf8_bom_at_the_start_of_the_tsv_and_jsonl_is_stripped(tmp_path):
+    """Issue 13 item 9: the first image was stored as "\\ufeff1000000" and the first text rejected as invalid JSON."""
+    src = tmp_path / "src"
+    truth = write_seed_split(str(src), "train", 6, size=32)
+    for name in ("train_imgs.tsv", "train_texts.jsonl"):
+        _prepend_bom(src / name)
+    out = tmp_path / "out"
+    assert convert("--src", src, "--dst", out, "--splits", "train") == 0
+    assert reject_tuples(out / "train") == []
+    got = image_samples(read_tar_samples(shard_paths(out / "train")))
+    assert set(got) == set(truth.images)
+    expected = {i: [(t, s) for t, s in c] for i, c in truth.captions().items()}
+    assert {i: captions for i, (_, captions) in got.items()} == expected
+    assert all(got[i][0] == truth.images[i] for i in truth.images)
+    manifest = json.loads((out / "train" / "manifest.json").read_text())
+    assert manifest["records"]["texts"] == {"input": len(truth.texts), "written": len(truth.texts), "rejected": 0}
