@@ -12,7 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cnclip_scale.model.weights import FORMATS, WeightsError, convert  # noqa: E402
+from cnclip_scale.errors import UserError, report
+from cnclip_scale.model.weights import FORMATS, convert  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -25,9 +26,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         summary = convert(args.src, args.dst, args.to, name=args.model, vocab_file=args.vocab)
-    except (WeightsError, FileNotFoundError) as e:
-        print(f"convert_checkpoint: error: {e}", file=sys.stderr)
-        return 2
+    except (UserError, FileNotFoundError) as e:  # WeightsError among them
+        return report("convert_checkpoint: error", e)  # the prefix users and scripts already match
     print(summary)
     return 0
 

@@ -30,9 +30,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..errors import UserError
 from .configs import TEXT_CONFIGS, VISION_CONFIGS, CLIPConfig, TextConfig, VisionConfig, match_registered_name
 from .transforms import MEAN, STD
 
@@ -52,7 +53,7 @@ _VISUAL_HF = [("vision_model.embeddings.patch_embedding", "visual.patch_embed.pr
 _IGNORED = re.compile(r"(\.position_ids$|^bert\.pooler\.|^text_model\.pooler\.|^vision_model\.embeddings\.position_ids$)")
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message says exactly what is wrong."""
 
 
@@ -276,12 +277,13 @@ def read_checkpoint(path: str | Path, name: str | None = None) -> tuple[dict[str
         config = config_from_hf(json.loads((path / "config.json").read_text()), name)
         sd = hf_to_native(_read_hf_weights(path))
     elif fmt == "native":
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != NATIVE_FORMAT:
-                raise WeightsError(f"{path}: safetensors file without cnclip_scale metadata (format={meta.get('format')!r})")
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-        config = CLIPConfig.from_dict(json.loads(meta["config"]))
+        sd, meta = _read_safetensors(path)
+        if meta.get("format") != NATIVE_FORMAT:
+            raise WeightsError(f"{path}: safetensors file without cnclip_scale metadata (format={meta.get('format')!r})")
+        try:
+            config = CLIPConfig.from_dict(json.loads(meta["config"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise WeightsError(f"{path}: its cnclip_scale metadata holds no usable model config ({e!r})") from None
     else:
         obj = _torch_load(path)
         if not isinstance(obj, dict):
@@ -345,10 +347,20 @@ def _torch_load(path: Path):
         raise WeightsError(f"{path}: not loadable as a weights-only torch checkpoint: {str(e).splitlines()[0]}") from None
 
 
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Every tensor and the metadata. A truncated, empty or foreign file is one WeightsError naming it: safetensors
+    itself raises its own error type (or OSError) whose text does not say which file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: not a readable safetensors file (truncated, empty or another format: "
+                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
 def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     if (path / "model.safetensors").exists():
-        with safe_open(str(path / "model.safetensors"), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+        return _read_safetensors(path / "model.safetensors")[0]
     if (path / "pytorch_model.bin").exists():
         return _torch_load(path / "pytorch_model.bin")
     raise WeightsError(f"{path}: neither model.safetensors nor pytorch_model.bin")

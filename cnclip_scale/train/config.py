@@ -8,6 +8,7 @@ checkpoints (``save_config``) and is what a resumed run compares against.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..errors import UserError
 
 
 @dataclass
@@ -89,8 +92,23 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work; the message starts with the key."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping: plain YAML keeps the last one, so a section written twice
+    would silently lose every key of its first copy."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"key {key!r} given twice (lines {seen[key]} and {key_node.start_mark.line + 1}); "
+                                  "merge them into one")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 def _apply(obj, data: dict, where: str) -> None:
@@ -137,11 +155,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             if not isinstance(value, list):
                 raise ValueError
             item = typing.get_args(kinds[0])[0] if typing.get_args(kinds[0]) else str
-            return [os.path.expandvars(v) if isinstance(v, str) else item(v) for v in value]
+            # each item checked like a field of its own: [0.9,abc] must not pass as betas
+            return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         if kind is str:
             if isinstance(value, (dict, list)):
                 raise ValueError
             return os.path.expandvars(str(value))  # ${DATAPATH}/... as in Chinese-CLIP's run scripts
+    except ConfigError:
+        raise  # an item's own error names the item
     except (TypeError, ValueError):
         pass
     raise ConfigError(f"{where}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
@@ -165,18 +186,50 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = RunConfig()
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_StrictLoader) or {}
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: a directory, not a config file") from None
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, optim:, deepspeed:, train:), "
+                              f"got a {type(data).__name__}")
         _apply(cfg, data, f"{path}: ")
     _apply(cfg, parse_overrides(overrides or []), "override ")
     validate(cfg)
     return cfg
 
 
+# (key, smallest value that works). None stays allowed where the field is optional.
+_AT_LEAST = [
+    ("model.context_length", 1), ("data.batch_size", 1), ("data.valid_batch_size", 1), ("data.workers", 0),
+    ("data.epoch_samples", 1), ("data.shuffle_buffer", 0), ("optim.max_steps", 1), ("optim.max_epochs", 1),
+    ("optim.warmup", 0), ("train.save_every", 0), ("train.keep_last", 1), ("train.log_every", 1),
+    ("train.valid_every", 0),
+]
+
+
 def validate(cfg: RunConfig) -> None:
+    for key, least in _AT_LEAST:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is not None and value < least:
+            # e.g. keep_last=0 pruned every checkpoint right after writing it; max_steps=0 read as 'unset'
+            raise ConfigError(f"{key}: must be {'at least 1' if least == 1 else '0 or more'}, got {value}")
+    if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
+        raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {cfg.optim.betas}")
+    try:
+        from ..model.configs import model_config  # plain dataclasses: no torch import
+
+        model_config(cfg.model.name)
+    except ValueError as e:
+        raise ConfigError(f"model.name: {e}") from None
+    if cfg.deepspeed.config:
+        read_deepspeed_json(cfg.deepspeed.config)
     if cfg.deepspeed.precision not in ("fp16", "bf16", "fp32"):
         raise ConfigError(f"deepspeed.precision: {cfg.deepspeed.precision!r} is not one of fp16, bf16, fp32")
     if cfg.deepspeed.zero_stage not in (0, 1, 2, 3):
@@ -185,6 +238,21 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("optim: set max_steps or max_epochs")
     if cfg.train.freeze_vision and cfg.train.freeze_text:
         raise ConfigError("train: freezing both towers leaves only logit_scale to train")
+
+
+def read_deepspeed_json(path: str) -> dict:
+    """The user's ``deepspeed.config`` file, checked at load rather than when the engine starts on every rank."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"deepspeed.config: {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"deepspeed.config: {path}: cannot read it ({e})") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"deepspeed.config: {path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"deepspeed.config: {path}: expected a JSON object, got a {type(data).__name__}")
+    return data
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

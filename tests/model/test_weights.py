@@ -188,3 +188,36 @@ def test_cli_one_line_error_for_missing_source(tmp_path):
                              str(tmp_path / "x"), "--to", "hf"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == f"convert_checkpoint: error: {tmp_path / 'nope.pt'}: no such file or directory"
+
+
+def _damaged_safetensors(tmp_path, tiny_model) -> dict[str, Path]:
+    good = _native(tmp_path, tiny_model).read_bytes()
+    files = {"truncated": good[: len(good) // 2], "empty": b"", "garbage": b"\x00\xffnot a safetensors file" * 10,
+             "header-only": good[:8]}
+    paths = {}
+    for name, data in files.items():
+        paths[name] = tmp_path / f"{name}.safetensors"
+        paths[name].write_bytes(data)
+    return paths
+
+
+def test_damaged_safetensors_is_a_weights_error_naming_the_file(tmp_path, tiny_model):
+    for path in _damaged_safetensors(tmp_path, tiny_model).values():
+        with pytest.raises(WeightsError, match=rf"{path}: not a readable safetensors file"):
+            read_checkpoint(path)
+
+
+def test_cli_one_line_error_for_damaged_safetensors(tmp_path, tiny_model):
+    path = _damaged_safetensors(tmp_path, tiny_model)["truncated"]
+    result = subprocess.run([sys.executable, str(REPO / "tools/convert_checkpoint.py"), str(path),
+                             str(tmp_path / "out"), "--to", "hf"], capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"convert_checkpoint: error: {path}: not a readable safetensors file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_weights_error_is_a_user_error():
+    from cnclip_scale.errors import UserError
+
+    assert issubclass(WeightsError, UserError) and issubclass(WeightsError, ValueError)

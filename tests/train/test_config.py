@@ -46,3 +46,61 @@ def test_shipped_configs_load():
         cfg = load_config(path)
         assert yaml.safe_load(path.read_text()), path
         assert cfg.model.name.count("@") == 1, path
+
+
+# ------------------------------------------------------------------ values that cannot work are refused at load
+@pytest.mark.parametrize("override, message", [
+    # keep_last < 1 used to delete every checkpoint right after writing it
+    ("train.keep_last=0", "train.keep_last: must be at least 1"),
+    ("train.keep_last=-3", "train.keep_last: must be at least 1"),
+    ("train.log_every=0", "train.log_every: must be at least 1"),
+    ("data.batch_size=0", "data.batch_size: must be at least 1"),
+    ("data.valid_batch_size=0", "data.valid_batch_size: must be at least 1"),
+    ("data.workers=-1", "data.workers: must be 0 or more"),
+    ("optim.max_steps=0", "optim.max_steps: must be at least 1"),  # was silently 'unset' (falsy)
+    ("optim.max_epochs=0", "optim.max_epochs: must be at least 1"),
+    ("train.save_every=-1", "train.save_every: must be 0 or more"),
+    ("optim.betas=[0.9,abc]", r"optim.betas\[1\]: expected float, got 'abc'"),
+    ("model.name=ViT-B-16@RoBERTa-wwm-ext-base-chinees", "model.name: unknown text tower"),
+    ("model.name=ViT-B-16", "model.name: model name 'ViT-B-16' must be"),
+])
+def test_impossible_values_are_refused_with_the_key_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_a_top_level_list_is_refused(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("- model: {name: ViT-Tiny-16@RoBERTa-Tiny-chinese}\n")
+    with pytest.raises(ConfigError, match=f"{path}: expected a mapping of sections .*, got a list"):
+        load_config(path)
+
+
+def test_a_section_given_twice_is_refused_not_half_dropped(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("optim:\n  lr: 1.0e-4\ndata:\n  workers: 1\noptim:\n  max_steps: 5\n")
+    with pytest.raises(ConfigError, match=rf"{path}: key 'optim' given twice \(lines 1 and 5\)"):
+        load_config(path)
+    path.write_text("optim:\n  lr: 1.0e-4\n  lr: 2.0e-4\n")
+    with pytest.raises(ConfigError, match="key 'lr' given twice"):
+        load_config(path)
+
+
+def test_deepspeed_config_file_must_exist_and_hold_an_object(tmp_path):
+    with pytest.raises(ConfigError, match=f"deepspeed.config: {tmp_path / 'nope.json'}: no such file"):
+        load_config(None, [f"deepspeed.config={tmp_path / 'nope.json'}"])
+    bad = tmp_path / "ds.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match=f"deepspeed.config: {bad}: not valid JSON"):
+        load_config(None, [f"deepspeed.config={bad}"])
+    bad.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=f"deepspeed.config: {bad}: expected a JSON object"):
+        load_config(None, [f"deepspeed.config={bad}"])
+    bad.write_text('{"zero_optimization": {"stage": 2}}')
+    assert load_config(None, [f"deepspeed.config={bad}"]).deepspeed.config == str(bad)
+
+
+def test_config_error_is_a_user_error():
+    from cnclip_scale.errors import UserError
+
+    assert issubclass(ConfigError, UserError) and issubclass(ConfigError, ValueError)
