@@ -23,6 +23,7 @@ from typing import Iterator
 from PIL import Image
 from webdataset.tariterators import base_plus_ext
 
+from cnclip_scale.data.image_check import to_rgb
 from cnclip_scale.data.sources import open_shard
 
 log = logging.getLogger("cnclip_scale.data")
@@ -140,7 +141,7 @@ def decode_image(data: bytes, size: int) -> Image.Image:
     if image.format == "JPEG":
         image.draft("RGB", (size, size))
     image.load()
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return to_rgb(image)
 
 
 def parse_sample(raw: RawSample, size: int) -> tuple[Image.Image, str, list[tuple[str, str]]]:

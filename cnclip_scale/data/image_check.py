@@ -78,6 +78,23 @@ def _check_png_header(data: bytes) -> None:
 _FAST = {"JPEG": (_check_jpeg_header, "jpg"), "PNG": (_check_png_header, "png")}
 
 
+# 16-bit and 32-bit integer single-channel modes (16-bit grayscale PNG/TIFF). PIL's convert() clips their
+# values at 255 instead of scaling, so a 16-bit photo would come out almost white.
+_WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB with wide grayscale scaled to 8 bits (high byte), not clipped. 48-bit RGB needs
+    nothing here: PIL's PNG decoder already keeps the high byte of each 16-bit sample."""
+    if image.mode in _WIDE_GRAY:
+        import numpy as np  # only for the rare 16-bit image; the converter's hot path never gets here
+
+        wide = np.asarray(image).astype(np.int64)
+        # "I" holds whatever range its file had; PNG and TIFF 16-bit land in 0..65535.
+        image = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), mode="L")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def check_image(data: bytes, full: bool = False) -> str:
     """Return the extension for `data` ("jpg", "png", ...) or raise BadRecord saying what is wrong."""
     if not data:

@@ -75,6 +75,8 @@ def montage(samples: list[dict], out_path: str, columns: int = 4) -> bool:
     from PIL import Image, ImageDraw, ImageFont
     from PIL.PngImagePlugin import PngInfo
 
+    from cnclip_scale.data.image_check import to_rgb
+
     font = _cjk_font(14)
     fallback = ImageFont.load_default()
     rows = -(-len(samples) // columns)
@@ -82,7 +84,7 @@ def montage(samples: list[dict], out_path: str, columns: int = 4) -> bool:
     draw = ImageDraw.Draw(sheet)
     for k, s in enumerate(samples):
         x, y = (k % columns) * (THUMB + 10) + 5, (k // columns) * (THUMB + 50) + 5
-        image = Image.open(io.BytesIO(s["image"])).convert("RGB")
+        image = to_rgb(Image.open(io.BytesIO(s["image"])))
         image.thumbnail((THUMB, THUMB))
         sheet.paste(image, (x, y))
         meta = json.loads(s["json"])
