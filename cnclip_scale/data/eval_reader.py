@@ -94,9 +94,15 @@ class SeedEvalStream(_EvalBase):
 
     def _captions(self, counters: Counters) -> dict[str, list]:
         captions: dict[str, list] = {}
+        seen: dict[str, int] = {}
         for line, record in sf.iter_texts_jsonl(self.texts_jsonl):
             if isinstance(record, sf.BadRecord):
                 counters.bad("corrupt_samples", f"{self.texts_jsonl}:{line}: skipped text: {record}")
+                continue
+            # As the converter does: ids compare as text (1 and "1" are one id), the first line owns it.
+            if seen.setdefault(str(record.text_id), line) != line:
+                counters.bad("corrupt_samples", f"{self.texts_jsonl}:{line}: skipped text: duplicate_text_id: "
+                                                f"text_id {record.text_id!r} first seen at line {seen[str(record.text_id)]}")
                 continue
             for image_id in record.image_ids:
                 captions.setdefault(image_id, []).append((str(record.text_id), record.text))

@@ -108,11 +108,12 @@ def load_tsv_split(folder: str, split: str, pool=None, parts: int = 1) -> SplitS
         if isinstance(rec, sf.BadRecord):
             rejects.append(_reject("text", text_label, {"line": line}, rec.reason, rec.detail))
             continue
-        if rec.text_id in seen:
+        # Ids compare as text, as everywhere downstream (sample keys, loaders, evaluator): 1 and "1" are one id.
+        if str(rec.text_id) in seen:
             rejects.append(_reject("text", text_label, {"line": line}, "duplicate_text_id",
-                                   f"text_id first seen at line {seen[rec.text_id]}", text_id=rec.text_id))
+                                   f"text_id first seen at line {seen[str(rec.text_id)]}", text_id=rec.text_id))
             continue
-        seen[rec.text_id] = line
+        seen[str(rec.text_id)] = line
         entry = TextEntry(rec.text_id, rec.text, {"line": line})
         for image_id in rec.image_ids:
             pairs_input += 1
@@ -151,9 +152,9 @@ def load_lmdb_split(folder: str, split: str) -> SplitSource:
                 except sf.BadRecord as bad:
                     rejects.append(_reject("pair", pairs_label, where, bad.reason, bad.detail))
                     continue
-                entry = by_text.get(text_id)
+                entry = by_text.get(str(text_id))   # 1 and "1" are one id (see load_tsv_split)
                 if entry is None:
-                    entry = by_text[text_id] = TextEntry(text_id, text, where)
+                    entry = by_text[str(text_id)] = TextEntry(text_id, text, where)
                     texts.append(entry)
                 elif entry.text != text:
                     rejects.append(_reject("pair", pairs_label, where, "conflicting_text",

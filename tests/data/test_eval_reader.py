@@ -75,3 +75,20 @@ def test_seed_folder_with_a_utf8_bom_reads_the_first_image_and_text(tmp_path):
                                split="valid")
     list(loader)
     assert loader.stats()["corrupt_samples"] == 0
+
+
+def test_seed_folder_text_id_1_and_string_1_are_one_id(tmp_path):
+    """Issue 13 item 7, read straight from a seed folder: the later "1" is skipped (as the converter rejects it),
+    so no image gets another text's caption under the same id."""
+    import json
+
+    from cnclip_scale.testing.seed_data import write_seed_split
+
+    truth = write_seed_split(str(tmp_path), "valid", 4, size=32, first_text_id=1)
+    with open(tmp_path / "valid_texts.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"text_id": "1", "text": "另一段文字", "image_ids": [int(i) for i in truth.images]},
+                           ensure_ascii=False) + "\n")
+    loader = build_eval_loader(str(tmp_path), image_size=32, batch_size=4, workers=0, rank=0, world_size=1,
+                               split="valid")
+    _check([list(loader)], truth)
+    assert loader.stats()["corrupt_samples"] == 1

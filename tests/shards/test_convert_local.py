@@ -3,10 +3,11 @@ import base64
 import json
 import tarfile
 
+import pytest
 import webdataset as wds
 
 from cnclip_scale.testing.seed_data import write_seed_split
-from conftest import convert, image_samples, read_tar_samples, reject_tuples, run_tool, shard_paths
+from conftest import convert, image_samples, read_tar_samples, reject_tuples, run_inspect, run_tool, shard_paths
 
 
 def test_every_bad_kind_is_rejected_with_its_reason_and_nothing_else(bad_seed, tmp_path):
@@ -148,3 +149,27 @@ def test_a_utf8_bom_at_the_start_of_the_tsv_and_jsonl_is_stripped(tmp_path):
     assert all(got[i][0] == truth.images[i] for i in truth.images)
     manifest = json.loads((out / "train" / "manifest.json").read_text())
     assert manifest["records"]["texts"] == {"input": len(truth.texts), "written": len(truth.texts), "rejected": 0}
+
+
+@pytest.mark.parametrize("group", ["image", "pair"])
+def test_text_id_1_and_string_1_are_one_id(tmp_path, group):
+    """Issue 13 item 7: both were kept, so --group pair wrote two members with one key and the evaluator merged
+    the texts. The second is now a duplicate_text_id reject, and inspect --verify agrees with the manifest."""
+    src = tmp_path / "src"
+    truth = write_seed_split(str(src), "train", 4, size=32, first_text_id=1)
+    ids = list(truth.images)
+    with open(src / "train_texts.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"text_id": "1", "text": "另一段文字", "image_ids": [int(ids[0]), int(ids[1])]},
+                           ensure_ascii=False) + "\n")
+    line = len(truth.texts) + 1
+    out = tmp_path / "out"
+    assert convert("--src", src, "--dst", out, "--splits", "train", "--group", group) == 0
+    assert reject_tuples(out / "train") == [("text", "train_texts.jsonl", line, "duplicate_text_id")]
+    manifest = json.loads((out / "train" / "manifest.json").read_text())
+    assert manifest["records"]["texts"] == {"input": line, "written": line - 1, "rejected": 1}
+    samples = read_tar_samples(shard_paths(out / "train"))       # asserts no member name twice
+    assert len(samples) == manifest["totals"]["samples"]
+    texts = {(str(t["text_id"]), t["text"]) for s in samples.values() for t in json.loads(s["json"])["texts"]}
+    assert ("1", "另一段文字") not in texts and ("1", truth.texts[0]["text"]) in texts
+    verified = run_inspect(out / "train", "--verify")
+    assert verified.returncode == 0 and "sha256 and sample counts match" in verified.stdout, verified.stdout
