@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cnclip_scale.errors import UserError, report
 from cnclip_scale.train.config import ConfigError, load_config  # noqa: E402
 
 
@@ -26,10 +27,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
-        print(f"pretrain: config error: {e}", file=sys.stderr)
-        return 2
-    from cnclip_scale.model.weights import WeightsError
-    from cnclip_scale.train.engine import ResumeError
+        return report("pretrain: config error", e)  # every rank loads the config; rank 0 says it
     from cnclip_scale.train.loop import NonFiniteLoss, train  # heavy imports after the config is known good
 
     try:
@@ -37,9 +35,8 @@ def main(argv=None) -> int:
     except NonFiniteLoss as e:
         print(f"pretrain: {e}", file=sys.stderr)
         return 3
-    except (ConfigError, ResumeError, WeightsError) as e:
-        print(f"pretrain: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:  # config, data, weights, resume (and the data pipeline's own errors)
+        return report("pretrain", e)
     finally:
         import torch.distributed as dist
 

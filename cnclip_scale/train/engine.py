@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from deepspeed.utils import (safe_get_full_fp32_param, safe_get_local_fp32_param
                              safe_set_local_fp32_param)
 
 from .. import comm
+from ..errors import UserError
 from ..model.clip import LOGIT_SCALE_MAX, build_model
 from .config import ConfigError, RunConfig
 from .optim import build_optimizer, build_scheduler
@@ -24,9 +27,10 @@ from ..safe_load import deepspeed_safe_load
 
 LATEST = "latest"
 UNIVERSAL = "universal"  # checkpoints/universal/<tag>: a tag converted for a resume under another world size
+OWN_TAG = re.compile(r"step\d{8}")  # the tags ``save`` writes; pruning deletes nothing else
 
 
-class ResumeError(RuntimeError):
+class ResumeError(UserError, RuntimeError):
     """A checkpoint this job cannot continue from; the message says what to do instead."""
 
 
@@ -174,12 +178,59 @@ def save(engine, output_dir: str | Path, step: int, client_state: dict, rank_sta
     comm.barrier()
     if rank == 0:
         _atomic_write(root / LATEST, tag)
-        tags = sorted(p.name for p in root.glob("step*") if p.is_dir())
-        for old in tags[: max(0, len(tags) - keep_last)]:
-            shutil.rmtree(root / old, ignore_errors=True)
-            shutil.rmtree(root / UNIVERSAL / old, ignore_errors=True)
+        prune(root, keep_last)
     comm.barrier()  # after rank 0's pruning: the others wait here (comm.timeout() allows for slow file systems)
     return root / tag
+
+
+def prune(root: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` of this trainer's tags (and their universal copies).
+
+    Only what ``save`` writes counts as a tag: a real directory named ``stepNNNNNNNN`` holding a rank state file. A
+    user's ``step_notes/`` or a tag-named folder without our files stays, and so does anything behind a symlink."""
+    if keep_last < 1:  # config validation refuses it too; 0 would delete the checkpoint just written
+        raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+    tags = sorted(p.name for p in root.iterdir() if OWN_TAG.fullmatch(p.name) and p.is_dir() and not p.is_symlink()
+                  and any(p.glob("rank*_state.json")))
+    for old in tags[: max(0, len(tags) - keep_last)]:
+        shutil.rmtree(root / old, ignore_errors=True)
+        universal = root / UNIVERSAL / old
+        if universal.is_dir() and not universal.is_symlink():
+            shutil.rmtree(universal, ignore_errors=True)
+
+
+def _inside(root: Path, tag: str, pointer: str) -> Path:
+    """``root/tag``, refused unless ``tag`` is one plain name of a directory that really lies in ``root``: a
+    ``latest`` file naming ``../x`` or ``/x`` would otherwise send a resume (and the clean-up of a universal
+    conversion) outside the run's checkpoint folder."""
+    if not tag:
+        raise ResumeError(f"{pointer} is empty; delete it to start afresh, or write the tag to resume from "
+                          f"(e.g. step00000100) into it")
+    plain = tag not in (".", "..") and "/" not in tag and "\\" not in tag and not os.path.isabs(tag)
+    if not plain or (root / tag).resolve().parent != root.resolve():
+        raise ResumeError(f"{pointer} names {tag!r}, which is not a checkpoint tag inside {root}; refusing to read or "
+                          "write outside the run's checkpoint folder")
+    return root / tag
+
+
+def _check_tag(root: Path, tag: str, pointer: str) -> None:
+    """Everything a resume reads before the ranks start: the tag dir and every rank's state file. Checked here, on
+    every rank alike, so a bad checkpoint is one line instead of one rank failing while the others wait."""
+    path = _inside(root, tag, pointer)
+    if not path.is_dir():
+        raise ResumeError(f"{pointer} points to {tag!r} but {path} does not exist; delete {root / LATEST} or point it "
+                          "to an existing tag")
+    states = sorted(path.glob("rank*_state.json"))
+    if not states:
+        raise ResumeError(f"{path}: no rank*_state.json (an incomplete checkpoint, or not written by this trainer)")
+    for state in states:
+        try:
+            ok = isinstance(json.loads(state.read_text()), dict)
+        except (OSError, UnicodeDecodeError, ValueError):
+            ok = False
+        if not ok:
+            raise ResumeError(f"{state}: not a complete rank state (truncated or damaged); resume from an earlier tag "
+                              f"by writing its name into {root / LATEST}")
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -195,8 +246,11 @@ def find_resume(resume: str, output_dir: str | Path) -> tuple[Path, str] | None:
         return None
     root = checkpoint_dir(output_dir) if resume == "auto" else Path(resume)
     if (root / LATEST).exists():
-        return root, (root / LATEST).read_text().strip()
+        tag = (root / LATEST).read_text().strip()
+        _check_tag(root, tag, str(root / LATEST))
+        return root, tag
     if resume != "auto" and root.is_dir() and root.name.startswith("step"):
+        _check_tag(root.parent, root.name, f"train.resume={resume}")
         return root.parent, root.name
     if resume != "auto":
         raise ResumeError(f"train.resume={resume}: neither a checkpoint tag dir nor a dir with a '{LATEST}' file")
@@ -217,6 +271,7 @@ def to_universal(root: Path, tag: str) -> None:
     """Convert ``root/tag`` with DeepSpeed's ``ds_to_universal`` into ``root/universal/tag`` (rank 0, once; a
     finished conversion is marked, so an interrupted one is redone). All ranks call this; the others wait in the
     gather below, for as long as ``comm.timeout()`` allows (big models take minutes)."""
+    _inside(root, tag, f"tag {tag!r}")  # the clean-up below deletes root/universal/tag: never anything else
     out = root / UNIVERSAL / tag
     error = None
     if comm.rank() == 0 and not (out / "complete").exists():
@@ -250,8 +305,18 @@ def load(engine, root: Path, tag: str) -> tuple[dict, dict]:
     """
     universal = engine.load_universal_checkpoint()
     weight_decay = [group["weight_decay"] for group in engine.optimizer.param_groups]
-    with deepspeed_safe_load():
-        _, client_state = engine.load_checkpoint(str(root / UNIVERSAL if universal else root), tag=tag)
+    error = None
+    try:
+        with deepspeed_safe_load():
+            _, client_state = engine.load_checkpoint(str(root / UNIVERSAL if universal else root), tag=tag)
+    except pickle.UnpicklingError as e:  # the weights-only loader refused a pickle that is more than tensors
+        client_state, error = None, (f"checkpoint {root / tag}: refused: a file holds more than tensors and plain "
+                                     f"values (crafted, or not written by DeepSpeed): {str(e).splitlines()[0]}")
+    # Every rank learns whether any rank refused its files: one rank failing alone would leave the others waiting in
+    # their first collective.
+    errors = [e for e in comm.gather_objects(error) if e]
+    if errors:
+        raise ResumeError(errors[0])
     if universal:
         # Two slips of DeepSpeed's ZeRO-3 universal loader (0.19): every group gets the first group's hyperparameters,
         # which would put weight decay on biases and norms, so the model's decay is set back; and every group's Adam
@@ -263,7 +328,7 @@ def load(engine, root: Path, tag: str) -> tuple[dict, dict]:
             if torch.is_tensor(state.get("step")):
                 state["step"] = state["step"].clone()
     if client_state is None:
-        raise RuntimeError(f"checkpoint {root / tag}: DeepSpeed could not load it (see the messages above)")
+        raise ResumeError(f"checkpoint {root / tag}: DeepSpeed could not load it (see the messages above)")
     rank_file = root / tag / f"rank{0 if universal else comm.rank():05d}_state.json"
     rank_state = json.loads(rank_file.read_text()) if rank_file.exists() else {}
     return client_state, rank_state

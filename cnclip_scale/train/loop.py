@@ -14,6 +14,7 @@ import random
 import socket
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +74,12 @@ def _tupled(x):
     return tuple(_tupled(v) for v in x) if isinstance(x, list) else x
 
 
-def _build_model(cfg: RunConfig, log):
+def _build_model(cfg: RunConfig, log, init: tuple | None):
+    """``init``: ``read_checkpoint(cfg.model.init)``, read by ``preflight``."""
     overrides = {"image_size": cfg.model.image_size} if cfg.model.image_size else {}
     model = build_model(model_config(cfg.model.name, **overrides), grad_checkpointing=cfg.model.grad_checkpointing)
-    if cfg.model.init:
-        sd, _, fmt = read_checkpoint(cfg.model.init)
+    if init is not None:
+        sd, _, fmt = init
         load_native_into(model, sd)
         log.info(f"initialised from {cfg.model.init} ({fmt} format)")
     freeze(model, vision=cfg.train.freeze_vision, text=cfg.train.freeze_text)
@@ -152,11 +154,45 @@ def validate(engine, loader, device, dtype, cfg: RunConfig) -> dict[str, float]:
     return _mean_over_ranks(dict(zip(("valid_loss", "valid_i2t_acc", "valid_t2i_acc"), means)))
 
 
+def _check_sources(key: str, specs: list[str], weights) -> None:
+    from ..data.sources import resolve_sources
+    from ..shards.writer import describe_storage_error
+
+    try:
+        resolve_sources(specs, weights)
+    except ValueError as e:  # SourceError: a missing manifest, folder or shard
+        raise ConfigError(f"{key}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - storage failures (wrong S3 secret, no endpoint) are the user's to fix
+        raise ConfigError(f"{key}: {describe_storage_error(e, ', '.join(specs)).replace('cannot write to', 'cannot read')}"
+                          ) from None
+
+
+@dataclass
+class Preflight:
+    resume: tuple[Path, str] | None   # the checkpoint to resume from (see ``engine.find_resume``)
+    init: tuple | None                # ``read_checkpoint(cfg.model.init)``
+
+
+def preflight(cfg: RunConfig) -> Preflight:
+    """What can be checked before the ranks start, on every rank alike: the data sources (they exist, and can be
+    read with the credentials given), the init checkpoint's format, and the checkpoint a resume would read. A bad
+    value is then one line from rank 0 and exit 2 on every rank, instead of one rank failing inside the process group
+    while the others wait. The init weights are read here (each rank reads them anyway), so a truncated or foreign
+    file is a WeightsError before any group exists."""
+    if not cfg.data.train:
+        raise ConfigError("data.train: no training data; give shard sources, e.g. data.train=[shards/train]")
+    _check_sources("data.train", cfg.data.train, cfg.data.train_weights)
+    if cfg.data.valid:
+        _check_sources("data.valid", cfg.data.valid, None)
+    resume = eng.find_resume(cfg.train.resume, cfg.train.output_dir)
+    return Preflight(resume, read_checkpoint(cfg.model.init) if cfg.model.init else None)
+
+
 def train(cfg: RunConfig) -> dict:
     # DeepSpeed's ZeRO calls torch's all_gather_into_tensor, which torch now flags on every call.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
-    if not cfg.data.train:
-        raise ConfigError("data.train: no training data; give shard sources, e.g. data.train=[shards/train]")
+    checked = preflight(cfg)
+    resume = checked.resume
     info, _, _ = comm.start(use_deepspeed=True)
     rank, world = comm.rank(), comm.world()
     out_dir = Path(cfg.train.output_dir)
@@ -165,7 +201,8 @@ def train(cfg: RunConfig) -> dict:
              f"zero_stage={cfg.deepspeed.zero_stage} model={cfg.model.name} host={socket.gethostname()}",
              extra={"all_ranks": True})
     seed_everything(cfg.train.seed)  # identical init on every rank (DeepSpeed also broadcasts rank 0's weights)
-    model = _build_model(cfg, log)
+    model = _build_model(cfg, log, checked.init)
+    checked.init = None  # the model holds the weights now; the state dict's memory can go
     init_dir = cfg.model.init if cfg.model.init and Path(cfg.model.init).is_dir() else None
     tokenizer = Tokenizer.for_model_dir(init_dir, cfg.model.context_length)
     try:  # e.g. too few samples for one full global batch: one line naming the setting, not a traceback
@@ -174,8 +211,8 @@ def train(cfg: RunConfig) -> dict:
         raise ConfigError(f"data.train: {e}; lower data.batch_size or add data") from None
     valid_loader = _loader(cfg, cfg.data.valid, tokenizer, model.image_size, train=False) if cfg.data.valid else None
     steps_per_epoch = train_loader.batches_per_epoch
-    max_steps = cfg.optim.max_steps or cfg.optim.max_epochs * steps_per_epoch
-    resume = eng.find_resume(cfg.train.resume, out_dir)
+    # max_steps is None or at least 1 (config validation): 0 no longer reads as 'unset'
+    max_steps = cfg.optim.max_steps if cfg.optim.max_steps is not None else cfg.optim.max_epochs * steps_per_epoch
     universal = resume is not None and eng.needs_universal(*resume)
     if universal:  # another world size: DeepSpeed re-partitions a universal copy of the checkpoint
         log.info(f"checkpoint {resume[0] / resume[1]} was written by {eng.saved_world_size(*resume)} ranks; converting "
