@@ -151,3 +151,21 @@ def test_kill_9_then_resume_continues_the_same_run(shards, tmp_path):
         for line in (out / f"keys_rank{rank}.jsonl").read_text().splitlines():
             record = json.loads(line)
             assert record["keys"] == reference_keys[record["step"]], (rank, record["step"])
+
+
+def test_two_rank_evaluation_of_a_deepspeed_checkpoint_equals_the_export(shards, hostfile_run, tmp_path):
+    """A DeepSpeed checkpoint dir is assembled into fp32 by rank 0 alone and broadcast; the recall equals that of
+    the run's fp32 export evaluated in one process (the same weights)."""
+    _, run_dir = hostfile_run
+    evaluate = str(REPO / "launch/evaluate.py")
+    common = ["--data", f"{shards}/train", "--split", "train", "--workers", "1", "--context-length", "32",
+              "--no-report"]
+    run([os.sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+         evaluate, "--checkpoint", str(run_dir / "checkpoints"), "--output", str(tmp_path / "two"), *common])
+    run([os.sys.executable, evaluate, "--checkpoint", str(run_dir / "model.safetensors"), "--output",
+         str(tmp_path / "one"), *common])
+    two, one = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("two", "one"))
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert (two["t2i"], two["i2t"]) == (one["t2i"], one["i2t"])
+    for name in ("train_predictions.jsonl", "train_tr_predictions.jsonl"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()

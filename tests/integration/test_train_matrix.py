@@ -57,6 +57,12 @@ def runs(tmp_path_factory):
             "optim.lr=1e-5", f"model.init={big_scale}", "train.save_every=3"]})
     plan.append({"name": "nan", "nan_at_step": 4, "overrides": _common(shards, root / "nan") + [
         "deepspeed.precision=bf16", "optim.max_steps=6", "train.save_every=2"]})
+    # A user's DeepSpeed JSON turns bf16 on while our config says fp32: the engine's precision is what counts (inputs
+    # cast for an fp32 engine would not fit its bf16 weights).
+    ds_json = root / "bf16.json"
+    ds_json.write_text(json.dumps({"bf16": {"enabled": True}}))
+    plan.append({"name": "dsjson-bf16", "overrides": _common(shards, root / "dsjson-bf16") + [
+        "deepspeed.precision=fp32", f"deepspeed.config={ds_json}", "optim.max_steps=2"]})
     # 9 validation images at batch 4 over 2 ranks: one rank embeds 1 batch, the other 2, so any ZeRO-3 collective
     # left in the evaluation's forwards would be mismatched (a hang or wrong features).
     plan.append({"name": "z3-valid", "overrides": _common(shards, root / "z3-valid") + [
@@ -137,3 +143,10 @@ def test_zero3_in_training_recall_equals_the_evaluator_on_the_export(runs):
     for direction in ("t2i", "i2t"):
         for key in ("r1", "r5", "r10", "mean_recall"):
             assert valid[-1][f"{direction}_{key}"] == pytest.approx(expected[direction][key], abs=1e-9), (direction, key)
+
+
+def test_the_engines_precision_wins_over_the_config(runs):
+    out = runs / "dsjson-bf16"
+    assert json.loads((out / "result.json").read_text())["ok"]
+    assert [m["step"] for m in read_metrics(out)] == [1, 2]
+    assert all(math.isfinite(m["loss"]) for m in read_metrics(out))
