@@ -21,9 +21,19 @@ from tqdm import tqdm
 
 from cnclip_scale.shards.build import ShardTask, build_shard, init_progress
 from cnclip_scale.shards.sources import SplitSource, load_split
-from cnclip_scale.shards.writer import TMP_MARK, Destination, stats_name
+from cnclip_scale.shards.writer import (
+    TMP_MARK,
+    Destination,
+    DestinationError,
+    shard_name,
+    stats_name,
+)
 
 FORMAT = "cnclip_scale.shards/1"
+# Written into a split before its first shard is built and removed after its manifest: a tar whose stats file
+# an interruption kept from being written is this run's only while the marker names the same plan.
+PLAN_MARK = ".to_shards-plan.json"
+SHOWN_FOREIGN = 6
 
 
 @dataclass
@@ -197,6 +207,11 @@ def _account(source: SplitSource, stats: list[dict]) -> tuple[dict, list[dict]]:
     return totals, image_rejects + text_side
 
 
+def _options(opts: Options) -> dict:
+    """The options that shape the shards (recorded in the manifest)."""
+    return {k: v for k, v in asdict(opts).items() if k in ("samples_per_shard", "max_shard_bytes", "verify_full")}
+
+
 def _manifest(split: str, source: SplitSource, opts: Options, stats: list[dict], totals: dict,
               rejects: list[dict], seconds: float) -> dict:
     shards = [{k: s[k] for k in ("shard", "samples", "images", "pairs", "bytes", "sha256")}
@@ -207,8 +222,7 @@ def _manifest(split: str, source: SplitSource, opts: Options, stats: list[dict],
     return {"format": FORMAT, "split": split, "group": opts.group,
             "source": {"kind": source.kind, "images": source.image_label, "texts": source.text_label,
                        "fingerprint": source.fingerprint},
-            "options": {k: v for k, v in asdict(opts).items() if k in ("samples_per_shard", "max_shard_bytes",
-                                                                       "verify_full")},
+            "options": _options(opts),
             "shards": shards,
             "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards),
                        "images": totals["images"]["written"], "texts": totals["texts"]["written"],
@@ -224,7 +238,49 @@ def _shard_file(split: str, name: str) -> bool:
 
 
 def _ours(split: str, name: str) -> bool:
-    return _shard_file(split, name) or name in ("manifest.json", "rejects.jsonl") or TMP_MARK in name
+    return _shard_file(split, name) or name in ("manifest.json", "rejects.jsonl", PLAN_MARK) or TMP_MARK in name
+
+
+def _plan_fingerprint(tasks: list[ShardTask]) -> str:
+    return hashlib.sha256("".join(t.fingerprint for t in tasks).encode()).hexdigest()
+
+
+def _manifest_is_ours(manifest, split: str, source: SplitSource, opts: Options) -> bool:
+    return (isinstance(manifest, dict) and manifest.get("format") == FORMAT and manifest.get("split") == split
+            and manifest.get("group") == opts.group and isinstance(manifest.get("source"), dict)
+            and manifest["source"].get("fingerprint") == source.fingerprint
+            and manifest.get("options") == _options(opts))
+
+
+def _foreign(dest: Destination, split: str, tasks: list[ShardTask], listing: dict, source: SplitSource,
+             opts: Options) -> list[str]:
+    """Files this conversion would replace or delete but did not write: shard-named files whose stats carry
+    another fingerprint (another tool, input or options), tars without such stats (unless an interrupted run of
+    this very plan left them), and a manifest / rejects file of another conversion. Cut-short stats files count
+    as damage to this run's output (they are rebuilt), as the restart tests expect."""
+    marker = dest.read_json(f"{split}/{PLAN_MARK}") if PLAN_MARK in listing else None
+    resuming = isinstance(marker, dict) and marker.get("plan") == _plan_fingerprint(tasks)
+    planned = {stats_name(split, t.index): t.fingerprint for t in tasks}
+    planned_tars = {shard_name(split, t.index) for t in tasks}
+    foreign, ours = [], set()
+    for name in sorted(n for n in listing if _shard_file(split, n) and n.endswith(".stats.json")):
+        stats = dest.read_json(f"{split}/{name}")
+        if name in planned and (stats is None or (isinstance(stats, dict)
+                                                  and stats.get("fingerprint") == planned[name])):
+            ours.add(name)
+        else:
+            foreign.append(name)
+    for name in sorted(n for n in listing if _shard_file(split, n) and n.endswith(".tar")):
+        stats = name[: -len(".tar")] + ".stats.json"
+        if stats not in ours and not (resuming and name in planned_tars and stats not in listing):
+            foreign.append(name)
+    manifest_ours = "manifest.json" in listing and _manifest_is_ours(dest.read_json(f"{split}/manifest.json"),
+                                                                     split, source, opts)
+    if "manifest.json" in listing and not manifest_ours:
+        foreign.append("manifest.json")
+    if "rejects.jsonl" in listing and not (manifest_ours or resuming):
+        foreign.append("rejects.jsonl")
+    return foreign
 
 
 def convert_split(src: str, split: str, dest: Destination, opts: Options) -> dict:
@@ -237,10 +293,18 @@ def convert_split(src: str, split: str, dest: Destination, opts: Options) -> dic
         if opts.overwrite:  # only what this tool writes: the folder may hold the user's own files
             dest.remove([f"{split}/{n}" for n in listing if _ours(split, n)])
             listing = {n: size for n, size in listing.items() if not _ours(split, n)}
+        foreign = _foreign(dest, split, tasks, listing, source, opts)
+        if foreign:  # checked before anything in the split is written, replaced or removed
+            more = f" (and {len(foreign) - SHOWN_FOREIGN} more)" if len(foreign) > SHOWN_FOREIGN else ""
+            raise DestinationError(
+                f"{dest.url}/{split} holds {len(foreign)} file(s) this conversion did not write (another tool's, "
+                f"or another input or options): {', '.join(foreign[:SHOWN_FOREIGN])}{more}; move them away, or "
+                f"pass --overwrite to replace them")
         done = _finished(dest, split, tasks, listing)
         todo = [t for t in tasks if t.index not in done]
         if todo:  # the split is changing: its old manifest must not describe the new shards
             dest.remove([f"{split}/{n}" for n in listing if n in ("manifest.json", "rejects.jsonl") or TMP_MARK in n])
+            dest.write_json(f"{split}/{PLAN_MARK}", {"plan": _plan_fingerprint(tasks)})
         built = workers.build(todo, sum(t.planned_samples for t in tasks), sum(s["samples"] for s in done.values()),
                               split, opts.progress)
     stats = sorted([*done.values(), *built], key=lambda s: s["index"])
@@ -251,4 +315,6 @@ def convert_split(src: str, split: str, dest: Destination, opts: Options) -> dic
     manifest = _manifest(split, source, opts, stats, totals, rejects, time.time() - began)
     manifest["resumed_shards"] = len(done)
     dest.write_json(f"{split}/manifest.json", manifest)
+    if PLAN_MARK in dest.list_sizes(split):
+        dest.remove([f"{split}/{PLAN_MARK}"])
     return manifest

@@ -71,8 +71,10 @@ def test_stats_that_do_not_match_the_tar_or_the_options_are_not_trusted(many_sha
     assert convert("--src", root, "--dst", out, *ARGS) == 0
     assert json.loads((out / "train" / "manifest.json").read_text())["resumed_shards"] == 120 - 2
     assert _files(out / "train") == _files(clean / "train")
-    # Other options, other plan: nothing reused, and no stale shard of the old plan survives.
-    assert convert("--src", root, "--dst", out, "--splits", "train", "--samples-per-shard", "50") == 0
+    # Other options, other plan: the old plan's shards are not this run's, so only --overwrite replaces them
+    # (issue 13 item 3); then nothing is reused and no stale shard of the old plan survives.
+    assert convert("--src", root, "--dst", out, "--splits", "train", "--samples-per-shard", "50") == 2
+    assert convert("--src", root, "--dst", out, "--splits", "train", "--samples-per-shard", "50", "--overwrite") == 0
     manifest = json.loads((out / "train" / "manifest.json").read_text())
     assert manifest["resumed_shards"] == 0 and len(manifest["shards"]) == 8
     assert sorted(n for n in os.listdir(out / "train") if n.endswith(".tar")) == [s["shard"] for s in manifest["shards"]]
@@ -80,3 +82,56 @@ def test_stats_that_do_not_match_the_tar_or_the_options_are_not_trusted(many_sha
     assert convert("--src", root, "--dst", out, "--splits", "train", "--samples-per-shard", "50", "--overwrite") == 0
     assert json.loads((out / "train" / "manifest.json").read_text())["resumed_shards"] == 0
     assert (out / "train" / "NOTES.txt").read_text() == "the user's own file"
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _refused(result, *names):
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("to_shards: error: ") and "--overwrite" in lines[0]
+    for name in names:
+        assert name in lines[0], lines[0]
+    return lines[0]
+
+
+def test_files_this_run_did_not_write_are_refused_without_overwrite(clean_seed, tmp_path):
+    """Issue 13 item 3: a user's train-000007.tar and train-000003.stats.json used to vanish, and manifest.json
+    and rejects.jsonl were replaced, with exit 0. Now: exit 2, one line listing them, nothing touched."""
+    from conftest import run_tool
+
+    root, _ = clean_seed
+    out = tmp_path / "out"
+    split = out / "valid"
+    split.mkdir(parents=True)
+    (split / "valid-000007.tar").write_bytes(b"the user's own tar")
+    (split / "valid-000003.stats.json").write_text('{"samples": 5, "note": "from another tool"}')
+    (split / "manifest.json").write_text('{"mine": true}')
+    (split / "rejects.jsonl").write_text('{"mine": true}\n')
+    (split / "NOTES.txt").write_text("not shard-named: never a reason to refuse")
+    before = _snapshot(out)
+    line = _refused(run_tool("--src", root, "--dst", out, "--splits", "valid", "--samples-per-shard", "5"),
+                    "valid-000007.tar", "valid-000003.stats.json", "manifest.json", "rejects.jsonl")
+    assert "NOTES.txt" not in line
+    assert _snapshot(out) == before
+    # --overwrite replaces what is shard-named and leaves the rest
+    assert convert("--src", root, "--dst", out, "--splits", "valid", "--samples-per-shard", "5", "--overwrite") == 0
+    assert (split / "NOTES.txt").exists() and not (split / "valid-000007.tar").exists()
+    assert sorted(n.name for n in split.glob("*.tar")) == ["valid-000000.tar", "valid-000001.tar", "valid-000002.tar"]
+
+
+def test_another_plans_shards_are_refused_and_a_rerun_of_the_same_plan_is_not(clean_seed, tmp_path):
+    from conftest import run_tool
+
+    root, _ = clean_seed
+    out = tmp_path / "out"
+    assert convert("--src", root, "--dst", out, "--splits", "valid", "--samples-per-shard", "5") == 0
+    assert convert("--src", root, "--dst", out, "--splits", "valid", "--samples-per-shard", "5") == 0   # resumes all
+    assert json.loads((out / "valid" / "manifest.json").read_text())["resumed_shards"] == 3
+    before = _snapshot(out)
+    _refused(run_tool("--src", root, "--dst", out, "--splits", "valid", "--samples-per-shard", "4"),
+             "valid-000000.tar", "valid-000000.stats.json")
+    assert _snapshot(out) == before
