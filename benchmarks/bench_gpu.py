@@ -164,7 +164,7 @@ class Ours(Contender):
 
         from cnclip_scale.train import engine as eng
         from cnclip_scale.train.config import load_config
-        from cnclip_scale.train.loss import clip_loss
+        from cnclip_scale.train.loop import train_step
 
         self.name = "ours_ckpt" if grad_checkpointing else "ours"
         cfg = load_config(None, [f"model.name={model_name}", "deepspeed.precision=bf16", "deepspeed.zero_stage=2",
@@ -173,17 +173,17 @@ class Ours(Contender):
         self.model = _build_model(model_name, device, grad_checkpointing)
         self.engine = eng.build_engine(self.model, cfg, max_steps=1000000)
         self.image_dtype = torch.bfloat16  # what the trainer feeds a bf16 engine (normalize_batch in the engine's dtype)
-        self._loss = clip_loss
-        self._clamp = getattr(eng, "clamp_logit_scale", None)  # part of our step; skipped if the engine drops it
-        self._torch = torch
+        # The trainer's own step (loop.train_step: fp32 temperature, finiteness watch, logit_scale clamp), its
+        # finiteness read every 10th step as at the default train.log_every.
+        self._step, self._n = train_step, 0
+        self._logit_scale = eng.clamp_logit_scale(self.engine)
+        self._watch = eng.FiniteWatch(self.engine.device)
 
     def step(self, inputs: Inputs):
-        img, txt, scale = self.engine(inputs.images, inputs.ids, inputs.mask)
-        out = self._loss(img.float(), txt.float(), scale.float(), inputs.image_ids, inputs.text_ids)
-        self.engine.backward(out["loss"])
-        self.engine.step()
-        if self._clamp is not None:
-            self._clamp(self.engine)
+        self._n += 1
+        out, self._logit_scale = self._step(self.engine, inputs.images, inputs.ids, inputs.mask,
+                                            (inputs.image_ids, inputs.text_ids), self._logit_scale,
+                                            watch=self._watch, step=self._n, check=self._n % 10 == 0)
         return out["loss"]
 
     def close(self) -> None:
