@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         for split in splits:
             manifests[split] = m = convert_split(args.src, split, dest, opts)
             _print_rejects(dest, split, m)
+            _warn_if_empty(split, m)
     except (InputError, DestinationError) as err:
         print(f"to_shards: error: {err}", file=sys.stderr)
         return 2
@@ -94,6 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"every record accounted for: input = written + rejected in {len(manifests)} split(s); "
           f"{rejected} rejected (see {args.dst.rstrip('/')}/<split>/rejects.jsonl)")
     return 1 if args.strict and rejected else 0
+
+
+def _warn_if_empty(split: str, manifest: dict) -> None:
+    """Zero shards is a valid result (nothing to write) but rarely what was meant: say it."""
+    if manifest["totals"]["shards"]:
+        return
+    images, texts = manifest["records"]["images"]["input"], manifest["records"]["texts"]["input"]
+    why = "the split is empty" if not images and not texts else "every image record was rejected"
+    print(f"to_shards: warning: {split}: 0 shards written: {why} ({images} image records in "
+          f"{manifest['source']['images']}, {texts} text records in {manifest['source']['texts']})", file=sys.stderr)
 
 
 def _print_rejects(dest: Destination, split: str, manifest: dict) -> None:

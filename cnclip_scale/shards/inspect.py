@@ -21,11 +21,20 @@ from cnclip_scale.shards.writer import Destination, DestinationError, describe_s
 THUMB = 160
 
 
+class ShardContentError(Exception):
+    """A shard holds something to_shards never writes (e.g. a link member); one line naming shard and member."""
+
+
 def iter_samples(dest: Destination, rel: str) -> Iterator[dict]:
     """Samples of one shard as {"__key__", ext: bytes}, streaming (members of a sample are adjacent)."""
     current: dict = {}
     with dest.fs.open(dest.path(rel), "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
         for member in tar:
+            if not member.isfile():
+                kind = "a symbolic link" if member.issym() else "a hard link" if member.islnk() else "not a file"
+                raise ShardContentError(f"{dest.path(rel)}: member {member.name} is {kind}"
+                                        + (", not a file" if member.issym() or member.islnk() else "")
+                                        + " (to_shards writes regular files only)")
             key, ext = member.name.split(".", 1)
             if current and current["__key__"] != key:
                 yield current
@@ -43,7 +52,10 @@ def verify_shard(dest: Destination, split: str, entry: dict) -> list[str]:
         while chunk := f.read(8 << 20):
             sha.update(chunk)
             size += len(chunk)
-    samples = sum(1 for _ in iter_samples(dest, f"{split}/{entry['shard']}"))
+    try:
+        samples = sum(1 for _ in iter_samples(dest, f"{split}/{entry['shard']}"))
+    except ShardContentError as err:
+        return [f"{entry['shard']}: {str(err).split(': ', 1)[1]}"]
     stats_rel = f"{split}/{entry['shard'].replace('.tar', '.stats.json')}"
     stats = dest.read_json(stats_rel)
     stats = {} if stats is None else check_stats(stats, dest.path(stats_rel))
@@ -114,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             raise DestinationError(f"no readable manifest.json at {url} (not converted, or still running)")
         check_manifest(manifest, dest.path(f"{split}/manifest.json"), full=True)
         return _report(dest, split, manifest, args)
-    except (DestinationError, ManifestError) as err:
+    except (DestinationError, ManifestError, ShardContentError) as err:
         print(f"inspect_shards: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:
-        print(f"inspect_shards: error: {describe_storage_error(err, url)}", file=sys.stderr)
+        print(f"inspect_shards: error: {describe_storage_error(err, url, 'read')}", file=sys.stderr)
         return 2
 
 
@@ -140,7 +152,7 @@ def _report(dest: Destination, split: str, manifest: dict, args) -> int:
           f"  all {t['shards']} shards present" + (", sha256 and sample counts match" if args.verify else ""))
     wanted = args.show or (16 if args.montage else 0)
     shown = []
-    for entry in manifest["shards"]:
+    for entry in manifest["shards"] if wanted else []:
         for sample in iter_samples(dest, f"{split}/{entry['shard']}"):
             if len(shown) == wanted:
                 break

@@ -64,6 +64,9 @@ def detect_layout(src: str, split: str, force: str | None = None) -> tuple[str, 
     for kind, folder, marker in candidates:
         if (force in (None, kind)) and os.path.exists(marker):
             return kind, folder
+    if os.path.exists(src) and not os.path.isdir(src):
+        raise InputError(f"--src {src} is a file, not a folder: pass the folder that holds {split}_imgs.tsv and "
+                         f"{split}_texts.jsonl (or lmdb/)")
     if not os.path.isdir(src):
         raise InputError(f"missing input: source folder {src} does not exist")
     wanted = {"tsv": f"{tsv}", "lmdb": os.path.join(src, "lmdb", split, "imgs")}

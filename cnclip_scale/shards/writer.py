@@ -158,7 +158,7 @@ class TarShard:
         return self._sha.hexdigest()
 
 
-def describe_storage_error(err: Exception, url: str) -> str:
+def describe_storage_error(err: Exception, url: str, verb: str = "write to") -> str:
     """One line a user can act on, from whatever the filesystem raised."""
     text = f"{type(err).__name__}: {err}".splitlines()[0][:300]
     lowered = text.lower()
@@ -169,4 +169,4 @@ def describe_storage_error(err: Exception, url: str) -> str:
         return f"bucket does not exist for {url}: {text}"
     if "connect" in lowered or "endpoint" in lowered or isinstance(err, (ConnectionError, TimeoutError)):
         return f"cannot reach destination {url}: {text}"
-    return f"cannot write to {url}: {text}"
+    return f"cannot {verb} {url}: {text}"

@@ -173,3 +173,32 @@ def test_text_id_1_and_string_1_are_one_id(tmp_path, group):
     assert ("1", "另一段文字") not in texts and ("1", truth.texts[0]["text"]) in texts
     verified = run_inspect(out / "train", "--verify")
     assert verified.returncode == 0 and "sha256 and sample counts match" in verified.stdout, verified.stdout
+
+
+def test_an_empty_split_converts_to_zero_shards_with_a_warning(clean_seed, tmp_path):
+    """Issue 13 item 12: an empty split used to convert to nothing without a word."""
+    root, _ = clean_seed
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("train_imgs.tsv", "train_texts.jsonl"):
+        (src / f"{name}").write_bytes((root / name).read_bytes())
+    (src / "valid_imgs.tsv").write_bytes(b"")
+    (src / "valid_texts.jsonl").write_bytes(b"")
+    result = run_tool("--src", src, "--dst", tmp_path / "out", "--splits", "train,valid", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    warning = ("to_shards: warning: valid: 0 shards written: the split is empty (0 image records in valid_imgs.tsv, "
+               "0 text records in valid_texts.jsonl)")
+    assert [line for line in result.stderr.splitlines() if "warning" in line] == [warning]
+    manifest = json.loads((tmp_path / "out" / "valid" / "manifest.json").read_text())
+    assert manifest["totals"]["shards"] == 0 and manifest["shards"] == []
+    assert "Traceback" not in result.stderr
+
+
+def test_a_src_that_is_a_file_is_reported_as_a_file(clean_seed, tmp_path):
+    """Issue 13 item 12: it was reported as "does not exist"."""
+    root, _ = clean_seed
+    result = run_tool("--src", root / "train_imgs.tsv", "--dst", tmp_path / "out", "--splits", "train")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"to_shards: error: --src {root / 'train_imgs.tsv'} is a file, not a folder: "
+                                     f"pass the folder that holds train_imgs.tsv and train_texts.jsonl (or lmdb/)")
+    assert not (tmp_path / "out").exists()

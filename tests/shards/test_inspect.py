@@ -65,3 +65,33 @@ def test_inspect_names_the_file_and_field_of_an_impossible_manifest_or_stats(cle
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (f"inspect_shards: error: {stats_path}: field samples must be a non-negative "
                                      f"integer, got -5")
+
+
+def test_inspect_names_a_symlink_member_instead_of_blaming_the_folder(clean_seed, tmp_path):
+    """Issue 13 item 12: a tar with a symlink member was reported as "cannot write to <dir>"."""
+    import io
+    import tarfile
+
+    root, _ = clean_seed
+    out = tmp_path / "out"
+    assert convert("--src", root, "--dst", out, "--splits", "valid", "--samples-per-shard", "50") == 0
+    shard = out / "valid" / "valid-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w") as tar:
+        link = tarfile.TarInfo("evil.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+        for member, payload in members:
+            tar.addfile(member, io.BytesIO(payload))
+    manifest_path = out / "valid" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["shards"][0]["bytes"] = shard.stat().st_size
+    manifest_path.write_text(json.dumps(manifest))
+    shown = run_inspect(out / "valid", "--show", "1")
+    assert shown.returncode == 2 and "Traceback" not in shown.stderr, shown.stderr
+    assert shown.stderr.strip() == (f"inspect_shards: error: {shard}: member evil.jpg is a symbolic link, not a "
+                                    f"file (to_shards writes regular files only)")
+    verified = run_inspect(out / "valid", "--verify")
+    assert verified.returncode == 1 and "Traceback" not in verified.stderr
+    assert "PROBLEM valid-000000.tar: member evil.jpg is a symbolic link" in verified.stdout
