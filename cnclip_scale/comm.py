@@ -11,6 +11,7 @@ The trainer starts the group through DeepSpeed (its comm layer must know the gro
 """
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
 
@@ -42,8 +43,20 @@ def world() -> int:
 
 # --------------------------------------------------------------------------------------- the process group
 
+class _NoCpuFallbackWarning(logging.Filter):
+    """DeepSpeed warns "Setting accelerator to CPU ... unable to detect it" on every rank of a GPU-less machine, at its
+    import: expected wherever we run on CPUs, and alarming to read. Installed before anything imports DeepSpeed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Setting accelerator to CPU")
+
+
+logging.getLogger("DeepSpeed").addFilter(_NoCpuFallbackWarning())
+
+
 def _accelerator():
-    # light: the accelerator module builds no engine and no ops
+    """DeepSpeed's accelerator: CUDA where torch sees a GPU, else the CPU (``DS_ACCELERATOR`` forces one)."""
+    # light: builds no engine and no ops
     from deepspeed.accelerator import get_accelerator
 
     return get_accelerator()
