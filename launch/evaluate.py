@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cnclip_scale.errors import UserError, report
 from cnclip_scale.eval.run import run_evaluation  # noqa: E402
 
 
@@ -40,7 +41,10 @@ def main(argv=None) -> int:
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
-    summary = run_evaluation(args)
+    try:
+        summary = run_evaluation(args)
+    except UserError as e:  # bad arguments, paths, weights, data (and the data pipeline's own errors)
+        return report("evaluate", e)
     return 0 if summary else 1
 
 

@@ -73,6 +73,11 @@ def seed_score(recall: dict) -> dict:
             "scoreJson": {k: recall[k] for k in ("score", "mean_recall", "r1", "r5", "r10")}}
 
 
+def seed_error(message: str) -> dict:
+    """``output.json`` for a run that scored nothing, as ``evaluation.py``'s ``report_error_msg`` writes it."""
+    return {"errorDetail": message, "errorMsg": message, "score": 0, "scoreJson": {}, "success": False}
+
+
 def write_json(path: str, obj, pretty: bool = False) -> None:
     """``pretty=False`` writes byte-for-byte what the seed's ``json.dump(info, f)`` writes."""
     with open(path, "w", encoding="utf-8") as f:

@@ -16,12 +16,17 @@ from pathlib import Path
 import torch
 
 from cnclip_scale import comm
+from cnclip_scale.errors import UserError
 from cnclip_scale.eval import outputs, report, zeroshot
 from cnclip_scale.eval.embed import Split, embed_split, eval_mode, gather_images
 from cnclip_scale.eval.retrieval import recall, sharded_topk, split_topk, topk
 
 log = logging.getLogger("cnclip_scale.eval")
 RECALL_K = 10  # recall is always reported at 1/5/10, whatever top-k the prediction files keep
+
+
+class NothingToScore(UserError):
+    """The split holds no texts (or no images): recall over zero queries is not a score of 0."""
 
 
 @dataclass
@@ -47,6 +52,9 @@ def retrieve(model, loader, tokenizer, *, device, dtype, top_k: int = 10, galler
     with eval_mode(model):
         split = embed_split(model, loader, tokenizer, device=device, dtype=dtype, thumbs_limit=thumbs_limit)
     n_images, n_texts = len(split.image_ids), len(split.texts)
+    if not n_texts or not n_images:  # the same counts on every rank: all raise alike
+        what = "texts" if not n_texts else "images"
+        raise NothingToScore(f"has no {what}: nothing to score ({n_images} images, {n_texts} texts read)")
     if gallery_sharded:
         _, t2i = sharded_topk(split.text_feats, split.image_feats, split.image_index, k)
         _, local = topk(split.image_feats, split.text_feats, k)           # my images against every text
@@ -161,11 +169,76 @@ def _report(args, res: Retrieval, zs: dict | None, facts: dict, out: str) -> Non
     Path(out, "report.html").write_text(page, encoding="utf-8")
 
 
+def _check_data(spec: str) -> None:
+    """Each ``a::b`` part of ``--data`` exists (local) or can be listed with the credentials given (remote)."""
+    for part in str(spec).split("::"):
+        part = part.strip()
+        if part.startswith("pipe:"):
+            continue
+        # a brace pattern, a shard or a manifest is checked through its folder
+        folder = part.split("{")[0].rsplit("/", 1)[0] if "{" in part or part.endswith((".tar", ".json")) else part
+        if "://" not in part or part.startswith("file://"):
+            if not os.path.exists(part.removeprefix("file://") if "{" not in part else (folder.removeprefix("file://") or ".")):
+                raise UserError(f"--data: {part}: no such file or directory")
+            continue
+        import fsspec
+
+        from cnclip_scale.shards.writer import describe_storage_error
+
+        try:
+            fs, path = fsspec.core.url_to_fs(folder.rstrip("/"))
+            fs.ls(path)
+        except FileNotFoundError:
+            raise UserError(f"--data: {part}: no such file or directory") from None
+        except Exception as e:  # noqa: BLE001 - wrong secret, no endpoint, no bucket: the user's to fix
+            raise UserError(f"--data: {describe_storage_error(e, part).replace('cannot write to', 'cannot read')}"
+                            ) from None
+
+
+def preflight(args) -> tuple[list[str] | None, list[str] | None]:
+    """What can be checked before the ranks start, on every rank alike (so a bad argument is one line from rank 0,
+    exit 2 everywhere): counts, the checkpoint's and the data's paths, the zero-shot files. Returns the zero-shot
+    class names and templates (None when not asked for)."""
+    from cnclip_scale.model.weights import detect_format
+
+    for option, least in (("top_k", 1), ("batch_size", 1), ("context_length", 1), ("workers", 0),
+                          ("thumbs_limit", 0)):
+        value = getattr(args, option)
+        if value < least:
+            raise UserError(f"--{option.replace('_', '-')}: must be {'at least 1' if least else '0 or more'}, "
+                            f"got {value}")
+    try:
+        detect_format(args.checkpoint)
+    except UserError as e:
+        raise UserError(f"--checkpoint: {e}") from None
+    _check_data(args.data)
+    classes = templates = None
+    if args.zeroshot_classes:
+        classes = _read_list("--zeroshot-classes", args.zeroshot_classes, "class names")
+        templates = _read_list("--templates", args.templates, "templates") if args.templates else zeroshot.TEMPLATES
+    return classes, templates
+
+
+def _read_list(option: str, path: str, what: str) -> list[str]:
+    try:
+        lines = zeroshot.read_lines(path) if option == "--zeroshot-classes" else zeroshot.read_templates(path)
+    except FileNotFoundError:
+        raise UserError(f"{option}: {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{option}: {path}: cannot read it ({e})") from None
+    except ValueError as e:  # a template without '{}'
+        raise UserError(f"{option}: {e}") from None
+    if not lines:
+        raise UserError(f"{option}: {path}: no {what} (one per line)")
+    return lines
+
+
 def run_evaluation(args) -> dict:
     """``launch/evaluate.py``: see its ``--help``. Returns the summary (every rank)."""
     from cnclip_scale.data.pipeline import build_eval_loader
     from cnclip_scale.model.tokenizer import Tokenizer
 
+    classes, templates = preflight(args)
     info, device, created = comm.start(use_deepspeed=False)
     try:
         times = {}
@@ -179,13 +252,19 @@ def run_evaluation(args) -> dict:
                                    workers=args.workers, rank=comm.rank(), world_size=comm.world(), split=args.split)
         times["load"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        res = retrieve(model, loader, tokenizer, device=device, dtype=dtype, top_k=args.top_k,
-                       gallery_sharded=args.gallery_sharded, thumbs_limit=0 if args.no_report else args.thumbs_limit)
+        try:
+            res = retrieve(model, loader, tokenizer, device=device, dtype=dtype, top_k=args.top_k,
+                           gallery_sharded=args.gallery_sharded, thumbs_limit=0 if args.no_report else args.thumbs_limit)
+        except NothingToScore as e:
+            message = f"split {args.split!r} {e}"
+            if comm.rank() == 0:  # the seed's tools read output.json: say it failed rather than score 0
+                os.makedirs(args.output, exist_ok=True)
+                for name in ("output.json", "output_tr.json"):
+                    outputs.write_json(os.path.join(args.output, name), outputs.seed_error(message))
+            raise NothingToScore(message) from None
         times["embed_and_rank"] = time.perf_counter() - t0
         zs = None
-        if args.zeroshot_classes:
-            classes = zeroshot.read_lines(args.zeroshot_classes)
-            templates = zeroshot.read_templates(args.templates) if args.templates else zeroshot.TEMPLATES
+        if classes:
             class_feats = zeroshot.class_embeddings(model, tokenizer, classes, templates, device=device, dtype=dtype)
             local_ids = [res.split.image_ids[i] for i in res.split.image_index.tolist()]
             zs = zeroshot.zeroshot_accuracy(res.split.image_feats, local_ids, res.split.local_captions, class_feats, classes)
