@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+from cnclip_scale.errors import UserError, report
 from cnclip_scale.shards.convert import Options, convert_split
 from cnclip_scale.shards.sources import InputError, detect_layout
 from cnclip_scale.shards.writer import Destination, DestinationError, describe_storage_error
@@ -56,16 +57,32 @@ def _summary(manifests: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
+def _check_args(args) -> list[str]:
+    """The split names; counts that cannot work are refused before anything is read or written (0 samples per shard
+    or a byte limit of 0 could never close a shard)."""
+    for option in ("samples_per_shard", "max_shard_bytes", "workers"):
+        value = getattr(args, option)
+        if value < 1:
+            raise UserError(f"--{option.replace('_', '-')}: must be at least 1, got {value}")
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    if not splits:
+        raise UserError(f"--splits: no split names in {args.splits!r}; e.g. --splits train,valid,test")
+    return splits
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    splits = [s for s in args.splits.split(",") if s]
+    try:
+        splits = _check_args(args)
+    except UserError as err:
+        return report("to_shards: error", err)  # the prefix this command's messages already have
     try:
         storage_options = json.loads(args.storage_options) if args.storage_options else {}
     except json.JSONDecodeError as err:
         print(f"to_shards: error: --storage-options is not JSON: {err}", file=sys.stderr)
         return 2
     opts = Options(group=args.group, samples_per_shard=args.samples_per_shard, max_shard_bytes=args.max_shard_bytes,
-                   verify_full=args.verify == "full", workers=max(1, args.workers), overwrite=args.overwrite,
+                   verify_full=args.verify == "full", workers=args.workers, overwrite=args.overwrite,
                    source_kind=args.source_kind, storage_options=storage_options,
                    progress=not args.no_progress and sys.stderr.isatty())
     manifests = {}
@@ -78,9 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             manifests[split] = m = convert_split(args.src, split, dest, opts)
             _print_rejects(dest, split, m)
             _warn_if_empty(split, m)
-    except (InputError, DestinationError) as err:
-        print(f"to_shards: error: {err}", file=sys.stderr)
-        return 2
+    except (InputError, DestinationError, UserError) as err:
+        return report("to_shards: error", err)
     except KeyboardInterrupt:
         print("to_shards: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
