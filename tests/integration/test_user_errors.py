@@ -2,9 +2,6 @@
 everywhere, no traceback on any rank), a resume from a real checkpoint whose optimizer file was replaced by a crafted
 pickle, and S3 with a wrong secret. The single-process cases are in tests/train/test_pretrain_command.py and
 tests/eval/test_evaluate_command.py."""
-import os
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +16,6 @@ pytestmark = pytest.mark.integration
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
 PRETRAIN = str(REPO / "launch/pretrain.py")
 EVALUATE = str(REPO / "launch/evaluate.py")
-# Lines that are not the command's own: DeepSpeed's and the launcher's logging ("[2026-12-02 15:40:01,197] [INFO]")
-LOG_LINE = re.compile(r"^\[[\d-]+ [\d:,]+\] \[|^\s*$")
 
 
 @pytest.fixture(scope="module")
