@@ -248,8 +248,14 @@ def run_evaluation(args) -> dict:
         model = load_model_once(args.checkpoint, device)
         ckpt_dir = args.checkpoint if os.path.isdir(args.checkpoint) else None
         tokenizer = Tokenizer.for_model_dir(ckpt_dir, min(args.context_length, model.config.text.max_position_embeddings))
-        loader = build_eval_loader(args.data, image_size=model.image_size, batch_size=args.batch_size,
-                                   workers=args.workers, rank=comm.rank(), world_size=comm.world(), split=args.split)
+        try:  # every rank resolves the same sources, so all raise alike
+            loader = build_eval_loader(args.data, image_size=model.image_size, batch_size=args.batch_size,
+                                       workers=args.workers, rank=comm.rank(), world_size=comm.world(),
+                                       split=args.split)
+        except UserError:
+            raise
+        except (ValueError, FileNotFoundError) as e:  # no manifest or shards, a seed file missing for this split
+            raise UserError(f"--data: {e}") from None
         times["load"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         try:

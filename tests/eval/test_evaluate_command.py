@@ -82,3 +82,10 @@ def test_a_split_without_texts_is_not_a_success(capsys, tiny_checkpoint, seed_sp
     for name in ("output.json", "output_tr.json"):
         result = json.loads((tmp_path / "out" / name).read_text())
         assert result["success"] is False and "no texts" in result["errorMsg"], result
+
+
+def test_a_folder_without_the_split_is_one_line(capsys, tiny_checkpoint, tmp_path):
+    (tmp_path / "empty").mkdir()
+    rc, output = evaluate(capsys, "--checkpoint", tiny_checkpoint, "--data", str(tmp_path / "empty"), "--output",
+                          str(tmp_path / "out"))
+    assert_one_line(rc, output, "evaluate: --data: ")
