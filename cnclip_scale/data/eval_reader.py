@@ -1,7 +1,8 @@
 """Evaluation streams: every image exactly once across ranks × workers, in source order, no shuffle.
 
 Two inputs, one batch format ``{"images": uint8 B×3×r×r, "image_ids": [str], "texts": [[(text_id, text)]],
-"keys": [str]}``:
+"keys": [str], "sources": [int]}`` (``sources``: the index of the ``a::b`` source each image came from, so the
+evaluator can tell an id repeated within a source from two sources' different images under one id):
   - shards (``ShardEvalStream``): the global sample sequence (shards in manifest order) is cut into
     ``world_size × workers`` contiguous ranges of near-equal size; each worker batches its range.
   - a Chinese-CLIP seed folder (``SeedEvalStream``): ``{split}_imgs.tsv`` is cut into byte ranges at line
@@ -49,15 +50,16 @@ class _EvalBase(IterableDataset):
 
     @staticmethod
     def _collate(batch, counters: Counters) -> dict:
-        images, image_ids, texts, keys = zip(*batch)
+        images, image_ids, texts, keys, sources = zip(*batch)
         return {"images": torch.stack(images), "image_ids": list(image_ids), "texts": list(texts),
-                "keys": list(keys), "_loader": {"counts": counters.take()}}
+                "keys": list(keys), "sources": list(sources), "_loader": {"counts": counters.take()}}
 
 
 class ShardEvalStream(_EvalBase):
-    def __init__(self, shards: list[Shard], storage_options: dict, **kw):
+    def __init__(self, shards: list[Shard], storage_options: dict, source_of: list[int] | None = None, **kw):
         super().__init__(**kw)
         self.shards, self.storage_options = shards, storage_options
+        self.source_of = source_of or [0] * len(shards)     # per shard: index of its source
 
     def __iter__(self):
         counters, transform = Counters(), resize_to_uint8(self.image_size, train=False)
@@ -66,7 +68,7 @@ class ShardEvalStream(_EvalBase):
     def _items(self, counters: Counters, transform):
         start, stop = self._range(sum(s.samples for s in self.shards))
         offset = 0
-        for shard in self.shards:
+        for shard, source in zip(self.shards, self.source_of):
             lo, hi = max(start, offset), min(stop, offset + shard.samples)
             offset += shard.samples
             if lo >= hi:
@@ -77,7 +79,7 @@ class ShardEvalStream(_EvalBase):
                     continue
                 try:
                     image, image_id, texts = parse_sample(raw, self.image_size)
-                    yield transform(image), image_id, texts, raw.key
+                    yield transform(image), image_id, texts, raw.key, source
                 except Exception as err:
                     counters.bad("corrupt_samples", f"shard {raw.url} key {raw.key}: skipped: "
                                                     f"{type(err).__name__}: {err}")
@@ -122,7 +124,8 @@ class SeedEvalStream(_EvalBase):
                     counters.bad("corrupt_samples", f"{self.images_tsv} line at byte {offset}: skipped: {bad}")
                 continue
             try:
-                yield transform(decode_image(data, self.image_size)), image_id, captions.get(image_id, []), image_id
+                yield (transform(decode_image(data, self.image_size)), image_id, captions.get(image_id, []), image_id,
+                       0)
             except Exception as err:
                 counters.bad("corrupt_samples", f"{self.images_tsv} image {image_id}: skipped: "
                                                 f"{type(err).__name__}: {err}")

@@ -449,8 +449,10 @@ def build_train_loader(sources, *, tokenizer, image_size: int, batch_size: int, 
 class EvalLoader:
     """Iterable of eval batches (see ``eval_reader.py``); ``samples`` is the split's total over all ranks."""
 
-    def __init__(self, stream: IterableDataset, samples: int | None, workers: int, mp_context: str | None):
+    def __init__(self, stream: IterableDataset, samples: int | None, workers: int, mp_context: str | None,
+                 source_names: list[str] | None = None):
         self.stream, self.samples, self.workers, self.mp_context = stream, samples, workers, mp_context
+        self.source_names = source_names or []     # batch["sources"] indexes this list
         self._counts = dict.fromkeys(COUNTER_NAMES, 0)
 
     @property
@@ -498,7 +500,10 @@ def build_eval_loader(sources, *, image_size: int, batch_size: int, workers: int
         for path in seed:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"seed-layout file not found: {path}")
-        return EvalLoader(SeedEvalStream(*seed, **common), None, workers, mp_context)
-    shards = [s for source in resolve_sources(sources, None, storage_options) for s in source.shards]
-    stream = ShardEvalStream(shards, dict(storage_options or {}), **common)
-    return EvalLoader(stream, sum(s.samples for s in shards), workers, _mp_context(shards, mp_context))
+        return EvalLoader(SeedEvalStream(*seed, **common), None, workers, mp_context, [seed[0]])
+    resolved = resolve_sources(sources, None, storage_options)
+    shards = [s for source in resolved for s in source.shards]
+    source_of = [k for k, source in enumerate(resolved) for _ in source.shards]
+    stream = ShardEvalStream(shards, dict(storage_options or {}), source_of, **common)
+    return EvalLoader(stream, sum(s.samples for s in shards), workers, _mp_context(shards, mp_context),
+                      [s.spec for s in resolved])

@@ -7,7 +7,9 @@ unique texts, and rank r embeds the r-th contiguous slice of it — no text twic
 
 The canonical order of a split (gallery index, file order of outputs) is images and texts sorted by id
 (numerically where ids are numbers): it does not depend on the number of ranks or loader workers.
-An image id seen twice (e.g. text-grouped shards) keeps its first occurrence (lowest rank, earliest batch).
+An image id seen twice within a source (e.g. pair-grouped shards) keeps its first occurrence (lowest rank,
+earliest batch). The same id in two sources of ``a::b`` would be two different images under one id, and their
+texts would land on the wrong image: that stops the evaluation (DataError, on every rank) naming the first one.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 from PIL import Image
 
 from cnclip_scale import comm
+from cnclip_scale.data.sources import DataError
 from cnclip_scale.eval.ids import id_key
 from cnclip_scale.model.transforms import normalize_batch
 
@@ -106,27 +109,35 @@ def embed_split(model, loader, tokenizer, *, device, dtype, text_batch_size: int
                 thumbs_limit: int = 0) -> Split:
     """Embed this rank's share of ``loader`` (an eval loader for this rank) and the split's texts.
     Keeps up to ``thumbs_limit`` image thumbnails per rank for the report (0: none)."""
-    ids, feats, pairs, captions, thumbs = [], [], [], {}, {}
+    ids, sources, feats, pairs, captions, thumbs = [], [], [], [], {}, {}
     rows = getattr(loader, "batch_size", None)
     for batch in loader:
         images = normalize_batch(batch["images"].to(device, non_blocking=True))
         with _autocast(device, dtype):
             feats.append(model.encode_image(_full_batch(images, rows))[: len(images)].float())
-        for k, (image_id, texts) in enumerate(zip(batch["image_ids"], batch["texts"])):
+        batch_sources = batch.get("sources") or [0] * len(batch["image_ids"])
+        sources += batch_sources
+        for k, (image_id, texts, source) in enumerate(zip(batch["image_ids"], batch["texts"], batch_sources)):
             image_id = str(image_id)
             ids.append(image_id)
-            pairs += [(str(t), text, image_id) for t, text in texts]
+            pairs += [(str(t), text, image_id, source) for t, text in texts]
             captions.setdefault(image_id, []).extend(text for _, text in texts)
             if len(thumbs) < thumbs_limit and image_id not in thumbs:
                 thumbs[image_id] = _thumbnail(batch["images"][k])
     feats = torch.cat(feats) if feats else torch.empty(0, model.config.embed_dim, device=device)
 
     # Images: agree on the canonical order and on which copy of a repeated id counts.
-    every = comm.gather_objects(ids)
+    every = comm.gather_objects(list(zip(ids, sources)))
     first: dict[str, tuple[int, int]] = {}
+    source_of: dict[str, int] = {}
+    clashes: dict[str, tuple[int, int]] = {}
     for r, rank_ids in enumerate(every):
-        for pos, image_id in enumerate(rank_ids):
+        for pos, (image_id, source) in enumerate(rank_ids):
             first.setdefault(image_id, (r, pos))
+            if source_of.setdefault(image_id, source) != source:
+                clashes.setdefault(image_id, tuple(sorted((source_of[image_id], source))))
+    if clashes:   # every rank sees the same gathered lists, so every rank raises here: nothing waits
+        _raise_clash(clashes, getattr(loader, "source_names", []))
     image_ids = sorted(first, key=id_key)
     image_pos = {image_id: k for k, image_id in enumerate(image_ids)}
     me = comm.rank()
@@ -138,10 +149,16 @@ def embed_split(model, loader, tokenizer, *, device, dtype, text_batch_size: int
     # Texts: the union of every rank's captions, deduplicated by text_id, then embedded once each.
     text_of: dict[str, str] = {}
     gt = set()
+    text_source: dict[str, int] = {}
+    text_clashes: dict[str, tuple[int, int]] = {}
     for rank_pairs in comm.gather_objects(pairs):
-        for text_id, text, image_id in rank_pairs:
+        for text_id, text, image_id, source in rank_pairs:
             text_of.setdefault(text_id, text)
+            if text_source.setdefault(text_id, source) != source:
+                text_clashes.setdefault(text_id, tuple(sorted((text_source[text_id], source))))
             gt.add((text_id, image_id))
+    if text_clashes:   # a text id in two sources would merge two captions into one
+        _raise_clash(text_clashes, getattr(loader, "source_names", []), "text")
     text_ids = sorted(text_of, key=id_key)
     text_pos = {t: k for k, t in enumerate(text_ids)}
     texts = [text_of[t] for t in text_ids]
@@ -151,6 +168,13 @@ def embed_split(model, loader, tokenizer, *, device, dtype, text_batch_size: int
     return Split(image_ids, image_index, image_feats, text_ids, texts, text_feats,
                  torch.tensor([t for t, _ in gt], dtype=torch.long), torch.tensor([i for _, i in gt], dtype=torch.long),
                  captions, thumbs, stats)
+
+
+def _raise_clash(clashes: dict[str, tuple[int, int]], names: list[str], what: str = "image") -> None:
+    first = min(clashes, key=id_key)
+    a, b = (names[k] if k < len(names) else f"source {k}" for k in clashes[first])
+    raise DataError(f"{what} id {first} is in two evaluated sources: {a} and {b} ({len(clashes)} colliding id(s)): "
+                    f"ids must be unique across the sources evaluated together; evaluate them separately")
 
 
 def gather_images(split: Split) -> torch.Tensor:
