@@ -47,6 +47,19 @@ def test_two_ranks_missing_valid_data_is_one_line_from_rank_0(shards, tmp_path):
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
+def test_torchrun_model_name_typo_is_one_line_and_every_rank_exits_2(shards, tmp_path):
+    """torchrun reports any rank's failure as its own exit code 1 with a traceback of the launcher itself
+    (ChildFailedError); what is ours: one error line (rank 0's), each rank's exit code 2, no rank's traceback."""
+    rc, output = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                      str(free_port()), PRETRAIN,
+                      *overrides(shards, tmp_path / "out", "model.name=ViT-Tiny-16@RoBERTa-Tiny-chinee")])
+    assert rc == 1, output[-3000:]
+    lines = error_lines(output, "pretrain")
+    assert len(lines) == 1 and lines[0].startswith("pretrain: config error: model.name: unknown text tower"), output
+    assert "exitcode  : 2" in output and "exitcode  : 1" not in output, output[-3000:]
+    assert output.count("Traceback") == output.count("raise ChildFailedError(") == 1, output[-3000:]
+
+
 class _Exploit:
     def __init__(self, marker):
         self.marker = marker
