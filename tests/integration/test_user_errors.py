@@ -2,6 +2,7 @@
 everywhere, no traceback on any rank), a resume from a real checkpoint whose optimizer file was replaced by a crafted
 pickle, and S3 with a wrong secret. The single-process cases are in tests/train/test_pretrain_command.py and
 tests/eval/test_evaluate_command.py."""
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,17 @@ def test_torchrun_model_name_typo_is_one_line_and_every_rank_exits_2(shards, tmp
     assert len(lines) == 1 and lines[0].startswith("pretrain: config error: model.name: unknown text tower"), output
     assert "exitcode  : 2" in output and "exitcode  : 1" not in output, output[-3000:]
     assert output.count("Traceback") == output.count("raise ChildFailedError(") == 1, output[-3000:]
+
+
+def test_training_on_zero_byte_shards_in_exact_mode_is_one_line(shards, tmp_path):
+    data = tmp_path / "train"
+    shutil.copytree(shards / "train", data)
+    for tar in data.glob("*.tar"):
+        tar.write_bytes(b"")
+    rc, output = run([sys.executable, PRETRAIN, *overrides(tmp_path, tmp_path / "out", "optim.max_steps=2")])
+    lines = error_lines(output, "pretrain")
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"pretrain: no usable sample in {data}"), output[-3000:]
+    assert "Traceback" not in output
 
 
 class _Exploit:
