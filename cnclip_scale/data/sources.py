@@ -29,6 +29,7 @@ import fsspec
 from webdataset.gopen import gopen, gopen_schemes
 
 from cnclip_scale.data.manifest import ManifestError, check_manifest, check_stats
+from cnclip_scale.errors import UserError
 
 # Schemes webdataset 1.0.2 cannot open itself; `file`, `pipe` and `http(s)` keep webdataset's handlers.
 FSSPEC_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "hf", "memory")
@@ -46,8 +47,10 @@ class SourceError(ValueError):
     """A source cannot be used (missing shard or manifest, unknown sample count); one clear line."""
 
 
-class DataError(RuntimeError):
-    """The data cannot feed training at all (e.g. no shard yields a usable sample); one clear line.
+class DataError(UserError, RuntimeError):
+    """The data cannot feed training at all (e.g. no shard yields a usable sample); one clear line. A UserError:
+    the commands print it as one line with exit code 2 (cnclip_scale/errors.py). (SourceError stays a plain
+    ValueError: the commands catch it before any rank starts and prefix the option that named the source.)
 
     Raised in DataLoader workers too: torch re-raises a worker's exception in the main process by calling
     the class with "Caught DataError in DataLoader worker process N.\nOriginal Traceback ...\nDataError: MSG".

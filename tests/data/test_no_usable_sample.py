@@ -5,12 +5,13 @@ process and through DataLoader workers alike."""
 import os
 
 import pytest
+from integration.data_shards import build_shard_set
 
 from cnclip_scale.data.pipeline import DataError, build_train_loader
+from cnclip_scale.errors import UserError
 from cnclip_scale.shards.convert import Options, convert_split
 from cnclip_scale.shards.writer import Destination
 from cnclip_scale.testing.seed_data import write_seed_split
-from integration.data_shards import build_shard_set
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +36,13 @@ def captionless(tmp_path_factory):
 
 
 def _drain(url, tokenizer, **kw):
-    args = dict(tokenizer=tokenizer, image_size=32, batch_size=2, workers=0, rank=0, world_size=1, seed=3,
-                shuffle_buffer=4)
+    args = {"tokenizer": tokenizer, "image_size": 32, "batch_size": 2, "workers": 0, "rank": 0, "world_size": 1,
+            "seed": 3, "shuffle_buffer": 4}
     with pytest.raises(DataError) as caught:
         for _ in build_train_loader(url, **{**args, **kw}):
             pass
     message = str(caught.value)
+    assert isinstance(caught.value, UserError)        # what the commands print as one line, exit code 2
     assert "\n" not in message and "Traceback" not in message, message
     return message
 
