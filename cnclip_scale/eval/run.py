@@ -191,8 +191,7 @@ def _check_data(spec: str) -> None:
         except FileNotFoundError:
             raise UserError(f"--data: {part}: no such file or directory") from None
         except Exception as e:  # noqa: BLE001 - wrong secret, no endpoint, no bucket: the user's to fix
-            raise UserError(f"--data: {describe_storage_error(e, part).replace('cannot write to', 'cannot read')}"
-                            ) from None
+            raise UserError(f"--data: {describe_storage_error(e, part, 'read')}") from None
 
 
 def preflight(args) -> tuple[list[str] | None, list[str] | None]:

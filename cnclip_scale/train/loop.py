@@ -163,8 +163,7 @@ def _check_sources(key: str, specs: list[str], weights) -> None:
     except ValueError as e:  # SourceError: a missing manifest, folder or shard
         raise ConfigError(f"{key}: {e}") from None
     except Exception as e:  # noqa: BLE001 - storage failures (wrong S3 secret, no endpoint) are the user's to fix
-        raise ConfigError(f"{key}: {describe_storage_error(e, ', '.join(specs)).replace('cannot write to', 'cannot read')}"
-                          ) from None
+        raise ConfigError(f"{key}: {describe_storage_error(e, ', '.join(specs), 'read')}") from None
 
 
 @dataclass
