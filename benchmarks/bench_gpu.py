@@ -630,10 +630,9 @@ def main(argv=None) -> int:
     try:
         result = run(args)
     finally:
-        import torch.distributed as dist
+        from cnclip_scale import comm
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        comm.stop()
     result["wall_s"] = round(time.time() - began, 1)
     print(f"bench_gpu: {result['wall_s']:.0f} s")
     if args.json:

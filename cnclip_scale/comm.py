@@ -81,6 +81,10 @@ def local_device(accelerator, info: RankInfo) -> torch.device:
     return torch.device(accelerator.device_name(index))
 
 
+RENDEZVOUS_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+_exported: dict[str, str | None] = {}  # what those were before ``start`` set them, for ``stop``
+
+
 def start(*, use_deepspeed: bool) -> tuple[RankInfo, torch.device, bool]:
     """Join the job's process group (torchrun / deepspeed / srun / single process; see ``launch_env``).
     Returns (who I am, my device, whether this call created the group: then ``stop`` it)."""
@@ -88,6 +92,7 @@ def start(*, use_deepspeed: bool) -> tuple[RankInfo, torch.device, bool]:
     accelerator = _accelerator()
     if active():
         return info, local_device(accelerator, info), False
+    _exported.update({k: os.environ.get(k) for k in RENDEZVOUS_VARS})
     export_env(info)
     device = local_device(accelerator, info)
     backend = backend_name(accelerator)
@@ -103,9 +108,17 @@ def start(*, use_deepspeed: bool) -> tuple[RankInfo, torch.device, bool]:
 
 
 def stop() -> None:
-    """Leave the group (without it, exits intermittently print 'terminate called without an active exception')."""
+    """Leave the group (without it, exits intermittently print 'terminate called without an active exception'), and
+    put back the rendezvous variables ``start`` set: a caller that goes on (a test, a notebook, a second run in the
+    same process) would otherwise pass RANK/WORLD_SIZE to every process it starts, which would take them as its own."""
     if active():
         dist.destroy_process_group()
+    for key, value in _exported.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _exported.clear()
 
 
 # --------------------------------------------------------------------------------------------- collectives

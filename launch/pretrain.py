@@ -38,10 +38,9 @@ def main(argv=None) -> int:
     except UserError as e:  # config, data, weights, resume (and the data pipeline's own errors)
         return report("pretrain", e)
     finally:
-        import torch.distributed as dist
+        from cnclip_scale import comm
 
-        if dist.is_initialized():
-            dist.destroy_process_group()  # avoids 'terminate called without an active exception' at exit
+        comm.stop()  # avoids 'terminate called without an active exception' at exit
     return 0
 
 

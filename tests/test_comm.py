@@ -246,3 +246,19 @@ def test_collectives_on_two_gloo_ranks():
         assert r["objects"] == [{"r": 0}, {"r": 1}] and r["bcast"] == "from 0"
         assert r["weights"] == [0.0, 0.0, 0.0]
         assert r["grad"] == [[3.0, 3.0]]
+
+
+def test_stop_puts_back_the_variables_start_exported(monkeypatch):
+    """A single process exports RANK/WORLD_SIZE/... to rendezvous; once it leaves the group they must go, or every
+    process it starts next (a test's subprocess, a second launcher) would take them for its own rank."""
+    for key in (*comm.RENDEZVOUS_VARS, "TORCHELASTIC_RUN_ID", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.setenv(key, "")  # registers the original state for the end of the test
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # one the caller set itself: kept as it was
+    info, device, created = comm.start(use_deepspeed=False)
+    assert created and info.launcher == "single" and dist.get_world_size() == 1
+    assert os.environ["RANK"] == "0" and os.environ["WORLD_SIZE"] == "1" and "MASTER_PORT" in os.environ
+    comm.stop()
+    assert not comm.active()
+    assert {k: os.environ.get(k) for k in comm.RENDEZVOUS_VARS} == {
+        "RANK": None, "WORLD_SIZE": None, "LOCAL_RANK": None, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": None}

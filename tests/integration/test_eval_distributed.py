@@ -1,5 +1,5 @@
 """launch/evaluate.py end to end in real processes: 1 rank vs 2 gloo ranks (torchrun), gathered vs
-gallery-sharded, seed folder vs shards (uneven shards, text-grouped shards with repeated images); recall
+gallery-sharded, seed folder vs shards (uneven shards, pair shards with repeated images); recall
 checked by Chinese-CLIP's own evaluation scripts run on our prediction files."""
 import json
 import os
@@ -70,20 +70,21 @@ def runs(tmp_path_factory):
     shards = build_shard_set(str(root / "img"), 31, 7, split="test")
     classes = root / "classes.txt"   # caption stems ("…（k）" without the counter) as class names
     classes.write_text("\n".join(sorted({t["text"].split("（")[0] for t in shards.truth.texts})), encoding="utf-8")
-    by_text = build_shard_set(str(root / "txt"), 31, 9, group="text", split="test", seed_dir=str(root / "txt_seed"))
+    by_pair = build_shard_set(str(root / "pair"), 31, 9, group="pair", split="test", seed_dir=str(root / "pair_seed"))
     return {
         "seed": evaluate(root / "seed", ckpt, shards.seed_dir, 1, "--workers", "0"),
         "one": evaluate(root / "one", ckpt, shards.url, 1, "--workers", "2", "--save-features"),
         "two": evaluate(root / "two", ckpt, shards.url, 2, "--workers", "2", "--zeroshot-classes", str(classes)),
         "sharded": evaluate(root / "sharded", ckpt, shards.url, 2, "--workers", "1", "--gallery-sharded"),
-        "by_text": evaluate(root / "by_text", ckpt, by_text.url, 2, "--workers", "1"),
+        "by_pair": evaluate(root / "by_pair", ckpt, by_pair.url, 2, "--workers", "1"),
         "truth": shards.truth, "seed_dir": shards.seed_dir,
     }
 
 
-@pytest.mark.parametrize("other", ["seed", "two", "sharded", "by_text"])
+@pytest.mark.parametrize("other", ["seed", "two", "sharded", "by_pair"])
 def test_same_outputs_whatever_the_layout(runs, other):
-    """Shards on 1 rank are the baseline: a seed folder, 2 ranks, gallery-sharded, text-grouped shards agree."""
+    """Shards on 1 rank are the baseline: a seed folder, 2 ranks, gallery-sharded, and pair shards (an image in
+    several samples) agree."""
     for name in COMPARED:
         assert (ok(runs["one"]) / name).read_bytes() == (ok(runs[other]) / name).read_bytes(), name
 
