@@ -255,7 +255,7 @@ def test_stop_puts_back_the_variables_start_exported(monkeypatch):
         monkeypatch.setenv(key, "")  # registers the original state for the end of the test
         monkeypatch.delenv(key)
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # one the caller set itself: kept as it was
-    info, device, created = comm.start(use_deepspeed=False)
+    info, _, created = comm.start(use_deepspeed=False)
     assert created and info.launcher == "single" and dist.get_world_size() == 1
     assert os.environ["RANK"] == "0" and os.environ["WORLD_SIZE"] == "1" and "MASTER_PORT" in os.environ
     comm.stop()
