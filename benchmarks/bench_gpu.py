@@ -48,7 +48,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(HERE))  # bench_loader's measuring helper
+sys.path.insert(0, str(HERE))  # bench_loader's measuring helper, bench_train's baseline loss
+
+from bench_train import baseline_loss  # noqa: E402 - Chinese-CLIP's loss, one copy for the CPU and GPU benches
 
 BASE = "ViT-B-16@RoBERTa-wwm-ext-base-chinese"
 SEED_BATCH = 128  # per GPU, the seed's MUGE and Flickr30K-CN finetunes
@@ -196,25 +198,6 @@ class Ours(Contender):
         self.engine = self.model = None
 
 
-def baseline_loss(img, txt, scale):
-    """Chinese-CLIP's distributed loss (cn_clip/training/train.py): gather without gradient, put the local features
-    back in front (they keep theirs), full N×N logits on every rank, labels 0..N-1. bench_train.py has the CPU copy."""
-    import torch
-    import torch.distributed as dist
-    import torch.nn.functional as F
-
-    rank, world = dist.get_rank(), dist.get_world_size()
-    gathered_img = [torch.zeros_like(img) for _ in range(world)]
-    gathered_txt = [torch.zeros_like(txt) for _ in range(world)]
-    dist.all_gather(gathered_img, img)
-    dist.all_gather(gathered_txt, txt)
-    all_img = torch.cat([img] + gathered_img[:rank] + gathered_img[rank + 1:])
-    all_txt = torch.cat([txt] + gathered_txt[:rank] + gathered_txt[rank + 1:])
-    logits = scale * all_img @ all_txt.t()
-    labels = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
-
-
 class Baseline(Contender):
     def __init__(self, model_name: str, device, batch: int, grad_checkpointing: bool):
         import torch
@@ -236,7 +219,7 @@ class Baseline(Contender):
         torch = self._torch
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
             img, txt, scale = self.net(inputs.images, inputs.ids, inputs.mask)
-            loss = baseline_loss(img, txt, scale)
+            loss = baseline_loss(img, txt, scale)  # Chinese-CLIP's, as bench_train measures it on CPU
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

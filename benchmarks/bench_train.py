@@ -51,8 +51,9 @@ def _inputs(batch, image_size, context_length, vocab, seed):
     return images, ids, torch.ones_like(ids, dtype=torch.bool)
 
 
-def _baseline_loss(img, txt, scale):
-    """Chinese-CLIP's distributed loss: gather without grad, put the local features back, full N×N logits."""
+def baseline_loss(img, txt, scale):
+    """Chinese-CLIP's distributed loss (cn_clip/training/train.py): gather without gradient, put the local features
+    back in front (they keep theirs), full N×N logits on every rank, labels 0..N-1. bench_gpu.py uses it too."""
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
@@ -65,7 +66,7 @@ def _baseline_loss(img, txt, scale):
     all_img = torch.cat([img] + gathered_img[:rank] + gathered_img[rank + 1:])
     all_txt = torch.cat([txt] + gathered_txt[:rank] + gathered_txt[rank + 1:])
     logits = scale * all_img @ all_txt.t()
-    labels = torch.arange(len(logits))
+    labels = torch.arange(len(logits), device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
 
@@ -80,7 +81,9 @@ def rank_main(mode: str, model_name: str, batches: list[int], steps: int, result
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     if mode != "ddp":
-        from cnclip_scale.train import engine as eng  # imports DeepSpeed: library code, not training memory
+        from cnclip_scale.train import (
+            engine as eng,  # imports DeepSpeed: library code, not training memory
+        )
         from cnclip_scale.train.loop import train_step
     base_rss = _rss_mb("VmRSS")
     _reset_peak()
@@ -93,7 +96,7 @@ def rank_main(mode: str, model_name: str, batches: list[int], steps: int, result
 
         def step(images, ids, mask):
             img, txt, scale = net(images, ids, mask)
-            loss = _baseline_loss(img, txt, scale)
+            loss = baseline_loss(img, txt, scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
