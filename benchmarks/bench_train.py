@@ -81,9 +81,8 @@ def rank_main(mode: str, model_name: str, batches: list[int], steps: int, result
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     if mode != "ddp":
-        from cnclip_scale.train import (
-            engine as eng,  # imports DeepSpeed: library code, not training memory
-        )
+        # DeepSpeed's import: library code, not training memory
+        from cnclip_scale.train import engine as eng
         from cnclip_scale.train.loop import train_step
     base_rss = _rss_mb("VmRSS")
     _reset_peak()
