@@ -1,4 +1,5 @@
-"""The Chinese-CLIP model family: configs, towers, tokenizer, preprocessing and weight formats.
+"""The Chinese-CLIP model family: configs, towers, tokenizer, preprocessing and weight formats
+(checkpoints of every kind, DeepSpeed's included, are read by ``cnclip_scale.checkpoints``).
 
 Names are imported lazily, so a DataLoader worker that needs only ``model.tokenizer`` or ``model.transforms``
 does not pay for importing timm and transformers.
@@ -10,7 +11,7 @@ _EXPORTS = {
     "CLIPConfig": "configs", "TextConfig": "configs", "VisionConfig": "configs", "all_model_names": "configs",
     "model_config": "configs",
     "Tokenizer": "tokenizer",
-    "WeightsError": "weights", "load_model": "weights", "read_checkpoint": "weights", "write_checkpoint": "weights",
+    "WeightsError": "formats", "write_checkpoint": "weights",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from cn_clip.clip.model import CLIP as ReferenceCLIP
 from transformers import AutoTokenizer, ChineseCLIPConfig, ChineseCLIPModel
 
-from cnclip_scale.model import WeightsError, build_model, load_model, model_config, read_checkpoint
+from cnclip_scale.checkpoints import load_model, read_checkpoint
+from cnclip_scale.model import WeightsError, build_model, model_config
 from cnclip_scale.model.configs import TINY
-from cnclip_scale.model.weights import (hf_config_dict, hf_to_native, load_native_into, native_to_hf,
-                                        native_to_official, official_to_native, write_checkpoint)
+from cnclip_scale.model.weights import detect_format, hf_config_dict, load_native_into, write_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 TOL = 1e-5
@@ -35,7 +35,7 @@ def reference_tiny() -> ReferenceCLIP:
 
 
 def save_official(model: torch.nn.Module, path: Path) -> Path:
-    """The layout Chinese-CLIP's DDP trainer writes: module.-prefixed keys inside {"epoch","step","name","state_dict"}."""
+    """The layout Chinese-CLIP's DDP trainer writes: module.-prefixed keys in {"epoch","step","name","state_dict"}."""
     state = {"module." + k: v for k, v in model.state_dict().items()}
     torch.save({"epoch": 3, "step": 735, "name": "muge_finetune", "state_dict": state}, path)
     return path
@@ -120,9 +120,7 @@ def _native(tmp_path, model):
 
 def test_round_trips_reproduce_every_tensor(tmp_path, tiny_model):
     native = {k: v.clone() for k, v in tiny_model.state_dict().items()}
-    assert_same_tensors(official_to_native(native_to_official(native)), native)
-    assert_same_tensors(hf_to_native(native_to_hf(native)), native)
-    # and through files: native -> official -> hf -> native
+    # through files: native -> official -> hf -> native (the tables alone: test_formats.py)
     write_checkpoint(native, tiny_model.config, tmp_path / "a.pt", "official")
     sd, config, fmt = read_checkpoint(tmp_path / "a.pt")
     assert fmt == "official"
@@ -148,6 +146,22 @@ def test_official_file_round_trip_is_exact(tmp_path):
     assert_same_tensors({k.removeprefix("module."): v for k, v in back.items()}, ref.state_dict())
 
 
+def test_format_is_read_from_the_content_not_the_name(tmp_path, tiny_model):
+    """A native file named model.pt (what `--to native model.pt` writes) reads back, and so does the reverse."""
+    src = save_official(reference_tiny(), tmp_path / "official.pt")
+    cli = [sys.executable, str(REPO / "tools/convert_checkpoint.py")]
+    subprocess.run(cli + [str(src), str(tmp_path / "model.pt"), "--to", "native"], check=True, capture_output=True)
+    subprocess.run(cli + [str(tmp_path / "model.pt"), str(tmp_path / "back.safetensors"), "--to", "official"],
+                   check=True, capture_output=True)
+    assert detect_format(tmp_path / "model.pt") == "native"
+    assert detect_format(tmp_path / "back.safetensors") == "official"
+    with open(tmp_path / "back.safetensors", "rb") as f:  # torch.load(path) would pick safetensors by the name
+        back = torch.load(f, weights_only=True)["state_dict"]
+    assert_same_tensors({k.removeprefix("module."): v for k, v in back.items()}, reference_tiny().state_dict())
+    sd, _, fmt = read_checkpoint(tmp_path / "back.safetensors")
+    assert fmt == "official" and sorted(sd) == sorted(tiny_model.state_dict())
+
+
 def test_missing_and_unexpected_keys_are_named(tmp_path, tiny_model):
     sd = {k: v for k, v in tiny_model.state_dict().items() if k != "visual.norm.bias"}
     sd["visual.extra.weight"] = torch.zeros(1)
@@ -159,7 +173,8 @@ def test_shape_mismatch_is_named(tmp_path, tiny_model):
     write_checkpoint(tiny_model.state_dict(), tiny_model.config, tmp_path / "tiny.pt", "official")
     sd, _, _ = read_checkpoint(tmp_path / "tiny.pt")
     bigger = build_model(model_config("ViT-Tiny-16@RoBERTa-Tiny-chinese", image_size=96))
-    with pytest.raises(WeightsError, match=r"shape mismatch: visual\.pos_embed: checkpoint \(1, 17, 64\) vs model \(1, 37, 64\)"):
+    with pytest.raises(WeightsError,
+                       match=r"shape mismatch: visual\.pos_embed: checkpoint \(1, 17, 64\) vs model \(1, 37, 64\)"):
         load_native_into(bigger, sd)
 
 
