@@ -166,7 +166,7 @@ class Ours(Contender):
 
         from cnclip_scale.train import engine as eng
         from cnclip_scale.train.config import load_config
-        from cnclip_scale.train.loop import train_step
+        from cnclip_scale.train.step import train_step
 
         self.name = "ours_ckpt" if grad_checkpointing else "ours"
         cfg = load_config(None, [f"model.name={model_name}", "deepspeed.precision=bf16", "deepspeed.zero_stage=2",
@@ -174,8 +174,9 @@ class Ours(Contender):
                                  f"model.grad_checkpointing={str(grad_checkpointing).lower()}"])
         self.model = _build_model(model_name, device, grad_checkpointing)
         self.engine = eng.build_engine(self.model, cfg, max_steps=1000000)
-        self.image_dtype = torch.bfloat16  # what the trainer feeds a bf16 engine (normalize_batch in the engine's dtype)
-        # The trainer's own step (loop.train_step: fp32 temperature, finiteness watch, logit_scale clamp), its
+        # what the trainer feeds a bf16 engine (normalize_batch in the engine's dtype)
+        self.image_dtype = torch.bfloat16
+        # The trainer's own step (step.train_step: fp32 temperature, finiteness watch, logit_scale clamp), its
         # finiteness read every 10th step as at the default train.log_every.
         self._step, self._n = train_step, 0
         self._logit_scale = eng.clamp_logit_scale(self.engine)
@@ -210,7 +211,8 @@ class Baseline(Contender):
         self.net = torch.nn.parallel.DistributedDataParallel(
             self.model, device_ids=[device.index] if device.type == "cuda" else None)
         # Chinese-CLIP's finetune hyper-parameters; the values do not change the cost of a step.
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=5e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.001)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=5e-5, betas=(0.9, 0.98), eps=1e-6,
+                                           weight_decay=0.001)
         self.image_dtype = torch.float32  # autocast casts inside the model
         self._max = LOGIT_SCALE_MAX
         self._torch = torch
@@ -376,8 +378,9 @@ def loader_rate(image_size: int, images: int, workers: int = 1) -> dict:
     it: samples per CPU-second (worker and main process; what one core delivers) and wall-clock samples/s."""
     from bench_loader import rate  # benchmarks/ is on sys.path
 
-    from cnclip_scale.data.pipeline import build_train_loader
+    from cnclip_scale.data.pipeline import Reading, build_train_loader
     from cnclip_scale.model.tokenizer import Tokenizer
+    from cnclip_scale.model.transforms import ImageTransform
     from cnclip_scale.shards.convert import Options, convert_split
     from cnclip_scale.shards.writer import Destination
     from cnclip_scale.testing.seed_data import write_realistic_split
@@ -387,8 +390,9 @@ def loader_rate(image_size: int, images: int, workers: int = 1) -> dict:
         write_realistic_split(os.path.join(folder, "seed"), images, side=224, pool=64)
         convert_split(os.path.join(folder, "seed"), "train", Destination(os.path.join(folder, "shards")),
                       Options(group="pair", samples_per_shard=256, workers=2, progress=False))
-        loader = build_train_loader(os.path.join(folder, "shards", "train"), tokenizer=Tokenizer(),
-                                    image_size=image_size, batch_size=64, workers=workers, rank=0, world_size=1, seed=0)
+        reading = Reading(sources=os.path.join(folder, "shards", "train"), batch_size=64, workers=workers)
+        loader = build_train_loader(reading, tokenizer=Tokenizer(), transform=ImageTransform(resolution=image_size),
+                                    rank=0, world_size=1, seed=0)
         wall, per_cpu, counted = rate(iter(loader), lambda b: len(b["keys"]))
         return {"workers": workers, "samples_per_s": wall, "samples_per_cpu_s": per_cpu, "samples_timed": counted,
                 "jpeg_side": 224, "image_size": image_size}
@@ -584,7 +588,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-batch", type=int, default=None, help="search cap (default 16384; 8192 with --quick)")
     p.add_argument("--search-budget-s", type=float, default=None,
                    help="time for all searches together (default 480; 120 with --quick)")
-    p.add_argument("--loader-images", type=int, default=None, help="JPEGs for the loader rate (default 2048; 512 quick)")
+    p.add_argument("--loader-images", type=int, default=None,
+                   help="JPEGs for the loader rate (default 2048; 512 quick)")
     p.add_argument("--no-loader", action="store_true")
     p.add_argument("--quick", action="store_true", help="fewer steps, coarser search: ~4 minutes on an H200")
     p.add_argument("--json", help="also write the results here")

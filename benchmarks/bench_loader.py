@@ -83,11 +83,12 @@ def rate(batches, size_of) -> tuple[float, float, int]:
 
 
 def ours(shards: str, workers: int) -> tuple[float, float, int]:
-    from cnclip_scale.data.pipeline import build_train_loader
+    from cnclip_scale.data.pipeline import Reading, build_train_loader
     from cnclip_scale.model.tokenizer import Tokenizer
+    from cnclip_scale.model.transforms import ImageTransform
 
-    loader = build_train_loader(shards, tokenizer=Tokenizer(), image_size=SIZE, batch_size=BATCH, workers=workers,
-                                rank=0, world_size=1, seed=0)
+    loader = build_train_loader(Reading(sources=shards, batch_size=BATCH, workers=workers), tokenizer=Tokenizer(),
+                                transform=ImageTransform(resolution=SIZE), rank=0, world_size=1, seed=0)
     return rate(iter(loader), lambda b: len(b["keys"]))
 
 

@@ -83,7 +83,7 @@ def rank_main(mode: str, model_name: str, batches: list[int], steps: int, result
     if mode != "ddp":
         # DeepSpeed's import: library code, not training memory
         from cnclip_scale.train import engine as eng
-        from cnclip_scale.train.loop import train_step
+        from cnclip_scale.train.step import train_step
     base_rss = _rss_mb("VmRSS")
     _reset_peak()
     torch.manual_seed(0)
@@ -102,7 +102,8 @@ def rank_main(mode: str, model_name: str, batches: list[int], steps: int, result
             with torch.no_grad():  # Chinese-CLIP clamps logit_scale after every step too
                 model.logit_scale.clamp_(0, math.log(100))
     else:
-        run_cfg = load_config(None, ["deepspeed.zero_stage=2", "deepspeed.precision=fp32", f"data.batch_size={batches[0]}",
+        run_cfg = load_config(None, ["deepspeed.zero_stage=2", "deepspeed.precision=fp32",
+                                     f"data.batch_size={batches[0]}",
                                      "optim.max_steps=1000", "optim.warmup=0"])
         engine = eng.build_engine(model, run_cfg, max_steps=1000)
         # The trainer's own step (fp32 temperature, finiteness watch, logit_scale clamp), checked every 10th step as

@@ -17,8 +17,8 @@ import json
 import logging
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from PIL import Image
 from webdataset.tariterators import base_plus_ext

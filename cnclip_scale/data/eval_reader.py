@@ -103,8 +103,9 @@ class SeedEvalStream(_EvalBase):
                 continue
             # As the converter does: ids compare as text (1 and "1" are one id), the first line owns it.
             if seen.setdefault(str(record.text_id), line) != line:
+                first = seen[str(record.text_id)]
                 counters.bad("corrupt_samples", f"{self.texts_jsonl}:{line}: skipped text: duplicate_text_id: "
-                                                f"text_id {record.text_id!r} first seen at line {seen[str(record.text_id)]}")
+                                                f"text_id {record.text_id!r} first seen at line {first}")
                 continue
             for image_id in record.image_ids:
                 captions.setdefault(image_id, []).append((str(record.text_id), record.text))

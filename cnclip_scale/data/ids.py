@@ -10,6 +10,7 @@ import torch
 
 
 def id_hashes(ids) -> torch.Tensor:
-    """Stable 63-bit integer ids (int64, non-negative); ``1`` and ``"1"`` hash alike, as the shards store ids as text."""
+    """Stable 63-bit integer ids (int64, non-negative); ``1`` and ``"1"`` hash alike, as the shards store ids as
+    text."""
     out = [int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") >> 1 for i in ids]
     return torch.tensor(out, dtype=torch.long)

@@ -57,7 +57,7 @@ def _check_jpeg_header(data: bytes) -> None:
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             if pos + 9 > end:
                 break
-            height, width = int.from_bytes(data[pos + 5:pos + 7], "big"), int.from_bytes(data[pos + 7:pos + 9], "big")
+            width = int.from_bytes(data[pos + 7:pos + 9], "big")  # (the height, at pos + 5, may be 0 until the DNL)
             if not width:
                 raise BadRecord("not_an_image", "JPEG frame header with zero width")
             return

@@ -2,9 +2,10 @@
 
 Training::
 
-    loader = build_train_loader("s3://b/train/manifest.json", tokenizer=Tokenizer(), image_size=224,
-                                batch_size=128, workers=8, rank=rank, world_size=world, seed=0,
-                                storage_options={"endpoint_url": ...})
+    loader = build_train_loader(Reading(sources="s3://b/train/manifest.json", batch_size=128, workers=8),
+                                tokenizer=Tokenizer(), transform=ImageTransform(resolution=224), rank=rank,
+                                world_size=world, seed=0, storage_options={"endpoint_url": ...})
+    # in the trainer: build_train_loader(cfg.data.reading("train"), ...) (see ``data.config``)
     loader.load_state_dict(ckpt["data"])                # optional: resume (exact for the same layout; see below)
     for epoch in range(loader.epoch, epochs):
         loader.set_epoch(epoch)                         # keeps a loaded mid-epoch position for that epoch
@@ -45,15 +46,16 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cnclip_scale import comm
 from cnclip_scale.data import state as st
-from cnclip_scale.data.ids import id_hashes
+from cnclip_scale.data.config import Reading
 from cnclip_scale.data.decode import COUNTER_NAMES, Counters, RateLimitedLog, RawSample, parse_sample, read_samples
 from cnclip_scale.data.eval_reader import SeedEvalStream, ShardEvalStream
+from cnclip_scale.data.ids import id_hashes
 from cnclip_scale.data.sources import DataError, Shard, resolve_sources
-from cnclip_scale.model.transforms import resize_to_uint8
+from cnclip_scale.model.transforms import ImageTransform
 
 log = logging.getLogger("cnclip_scale.data")
 
-__all__ = ["DataError", "build_eval_loader", "build_train_loader"]
+__all__ = ["DataError", "EpochTooSmall", "Reading", "build_eval_loader", "build_train_loader"]
 
 # A resampled slot gives up after this many shard draws in a row without one usable sample (or sooner, once
 # every distinct shard has failed in that run). Failing draws cost a failed open or a few decodes each, so
@@ -80,17 +82,19 @@ def _mp_context(shards: list[Shard], requested: str | None):
 
 # ------------------------------------------------------------------------------------------- training
 
-@dataclass
-class TrainConfig:
+class EpochTooSmall(ValueError):
+    """The sources hold too few samples for one batch on every rank (a setting to change, not damaged data)."""
+
+
+@dataclass(kw_only=True)
+class WorkerPlan:
     """Everything a worker needs to make its batches (pickled into each DataLoader worker)."""
     shards: list[Shard]
     weights: list[float]             # per shard: its source's weight (resampled draws)
     layout: st.Layout
     rank: int
-    tokenizer: object
-    image_size: int
-    context_length: int = 52
-    train_augment: bool = False
+    tokenizer: object                # texts -> (ids, mask) at its own context length
+    transform: ImageTransform        # PIL -> uint8 tensor, e.g. ``ImageTransform(resolution=224, augment=True)``
     storage_options: dict = field(default_factory=dict)
     sources: list = field(default_factory=list)   # the source specs as given, for error messages
 
@@ -110,7 +114,7 @@ class EpochPart:
     remaining: list | None = None
 
     @classmethod
-    def of(cls, epoch: int, view: st.EpochView, layout: st.Layout, rank: int) -> "EpochPart":
+    def of(cls, epoch: int, view: st.EpochView, layout: st.Layout, rank: int) -> EpochPart:
         if view.remaining is None:
             return cls(epoch, view)
         plans = st.plan_rank(view.total, layout, rank)
@@ -127,9 +131,9 @@ class _FailedDraws:
     This counts, in the order the consumer finishes them, shard draws none of whose samples was usable;
     a usable sample resets the count. Past the bound, DataError names the sources and what went wrong."""
 
-    def __init__(self, cfg: TrainConfig, counters: Counters):
-        self.cfg, self.counters = cfg, counters
-        self.distinct = {s.url for s in cfg.shards if s.samples}
+    def __init__(self, work: WorkerPlan, counters: Counters):
+        self.work, self.counters = work, counters
+        self.distinct = {s.url for s in work.shards if s.samples}
         self.bases: list[int] = []        # first input index of each draw
         self.left: dict[int, list] = {}   # draw -> [samples not yet consumed, shard url]
         self.failed, self.failed_urls = 0, set()
@@ -157,7 +161,7 @@ class _FailedDraws:
         self.failed += 1
         self.failed_urls.add(entry[1])
         if self.failed >= MAX_FAILED_DRAWS or self.failed_urls >= self.distinct:
-            raise DataError(f"no usable sample in {self.cfg.source_names()}: {self.failed} shard draws in a row "
+            raise DataError(f"no usable sample in {self.work.source_names()}: {self.failed} shard draws in a row "
                             f"({len(self.failed_urls)} of {len(self.distinct)} shards) gave none: "
                             f"{self.counters.summary()}")
 
@@ -165,47 +169,47 @@ class _FailedDraws:
 class _SlotInputs:
     """A slot's input samples in reading order, as (input index, RawSample or None)."""
 
-    def __init__(self, cfg: TrainConfig, part: EpochPart, plan: st.SlotPlan, skip: set, counters: Counters,
+    def __init__(self, work: WorkerPlan, part: EpochPart, plan: st.SlotPlan, skip: set, counters: Counters,
                  draws: _FailedDraws | None = None):
-        self.cfg, self.part, self.plan, self.skip, self.counters = cfg, part, plan, skip, counters
+        self.work, self.part, self.plan, self.skip, self.counters = work, part, plan, skip, counters
         self.draws = draws
 
     def _segments(self):
         """(shard, {sample index in shard: input index}) in reading order."""
-        cfg, epoch = self.cfg, self.part.epoch
-        if cfg.layout.mode == "resampled":
-            draw = st.rng("draw", *st.slot_seed(cfg.layout, epoch, cfg.rank, self.plan.slot, self.part.view.level))
+        work, epoch = self.work, self.part.epoch
+        if work.layout.mode == "resampled":
+            draw = st.rng("draw", *st.slot_seed(work.layout, epoch, work.rank, self.plan.slot, self.part.view.level))
             base = 0
             while True:
-                shard = draw.choices(cfg.shards, weights=cfg.weights)[0]
+                shard = draw.choices(work.shards, weights=work.weights)[0]
                 if self.draws is not None:
                     self.draws.drawn(base, shard.url, sum(base + i not in self.skip for i in range(shard.samples)))
                 yield shard, {i: base + i for i in range(shard.samples)}
                 base += shard.samples
         # Exact: this slot's stretch of the epoch's sequence, grouped by shard (ascending positions).
-        order = st.shard_order(len(cfg.shards), cfg.layout.seed, epoch, cfg.layout.shard_shuffle)
+        order = st.shard_order(len(work.shards), work.layout.seed, epoch, work.layout.shard_shuffle)
         starts, offset = {}, 0
         for i in order:
-            starts[i], offset = offset, offset + cfg.shards[i].samples
+            starts[i], offset = offset, offset + work.shards[i].samples
         bounds = [starts[i] for i in order] + [offset]
         segment, current = {}, None
         for n, position in enumerate(range(self.plan.start, self.plan.stop)):
             g = self.part.global_index(position)
             k = bisect.bisect_right(bounds, g) - 1
             if k != current and segment:
-                yield cfg.shards[order[current]], segment
+                yield work.shards[order[current]], segment
                 segment = {}
             current = k
             segment[g - bounds[k]] = n
         if segment:
-            yield cfg.shards[order[current]], segment
+            yield work.shards[order[current]], segment
 
     def __iter__(self):
         for shard, index in self._segments():
             first, last = min(index), max(index)
             wanted = lambda i, index=index: i in index and index[i] not in self.skip  # noqa: E731
             for i, raw in read_samples(shard.url, first, last - first + 1, wanted, self.counters,
-                                       self.cfg.storage_options):
+                                       self.work.storage_options):
                 yield index[i], raw
 
 
@@ -226,30 +230,30 @@ def _augment_rng(augment: bool, seed: int):
 class TrainStream(IterableDataset):
     """One rank's epoch from ``batches`` on; DataLoader worker ``w`` plays slot ``(w + batches) % K``."""
 
-    def __init__(self, cfg: TrainConfig, part: EpochPart, batches: int = 0, positions: dict | None = None):
-        self.cfg, self.part, self.batches, self.positions = cfg, part, batches, dict(positions or {})
+    def __init__(self, work: WorkerPlan, part: EpochPart, batches: int = 0, positions: dict | None = None):
+        self.work, self.part, self.batches, self.positions = work, part, batches, dict(positions or {})
 
     def __iter__(self):
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        yield from self._slot((worker + self.batches) % self.cfg.layout.slots)
+        yield from self._slot((worker + self.batches) % self.work.layout.slots)
 
     def _slot(self, slot: int):
-        cfg, part = self.cfg, self.part
-        plan = st.plan_rank(part.view.total, cfg.layout, cfg.rank)[slot]
-        seed, counters = st.slot_seed(cfg.layout, part.epoch, cfg.rank, slot, part.view.level), Counters()
-        first_batch = st.consumed_batches(slot, self.batches, cfg.layout.slots)
+        work, part = self.work, self.part
+        plan = st.plan_rank(part.view.total, work.layout, work.rank)[slot]
+        seed, counters = st.slot_seed(work.layout, part.epoch, work.rank, slot, part.view.level), Counters()
+        first_batch = st.consumed_batches(slot, self.batches, work.layout.slots)
         position = int(self.positions.get(str(slot), 0))
-        count = None if cfg.layout.mode == "resampled" else plan.stop - plan.start
-        order = st.buffered_order(itertools.count() if count is None else range(count), cfg.layout.shuffle_buffer,
+        count = None if work.layout.mode == "resampled" else plan.stop - plan.start
+        order = st.buffered_order(itertools.count() if count is None else range(count), work.layout.shuffle_buffer,
                                   seed)
         skip = set(itertools.islice(order, position))        # inputs used before the saved position
-        draws = _FailedDraws(cfg, counters) if count is None else None
-        inputs, pending = iter(_SlotInputs(cfg, part, plan, skip, counters, draws)), {}
-        transform = resize_to_uint8(cfg.image_size, train=cfg.train_augment)
+        draws = _FailedDraws(work, counters) if count is None else None
+        inputs, pending = iter(_SlotInputs(work, part, plan, skip, counters, draws)), {}
+        transform = work.transform
         last_good = None
         for b in range(first_batch, len(plan.batch_sizes)):
-            with _augment_rng(cfg.train_augment, st.pick(2**62, "augment", *seed, b)):
+            with _augment_rng(work.transform.random, st.pick(2**62, "augment", *seed, b)):
                 items = []
                 while len(items) < plan.batch_sizes[b]:
                     index = next(order, None)
@@ -276,7 +280,7 @@ class TrainStream(IterableDataset):
 
     def _sample(self, raw: RawSample, transform, counters: Counters, visit):
         try:
-            image, image_id, texts = parse_sample(raw, self.cfg.image_size)
+            image, image_id, texts = parse_sample(raw, self.work.transform.resolution)
             if not texts:
                 raise ValueError("no caption")
             text_id, text = texts[st.pick(len(texts), "caption", *visit)]
@@ -289,18 +293,18 @@ class TrainStream(IterableDataset):
         # Exact epochs end by themselves; when damage emptied a batch and no earlier one had a good sample,
         # one pass over every shard either finds a filler or shows that nothing here can be trained on.
         counters = Counters(warnings=RateLimitedLog(burst=0, every=float("inf")))   # the error says it all
-        for shard in self.cfg.shards:
+        for shard in self.work.shards:
             for _, raw in read_samples(shard.url, 0, shard.samples, lambda i: True, counters,
-                                       self.cfg.storage_options):
+                                       self.work.storage_options):
                 item = raw and self._sample(raw, transform, counters, ("filler",))
                 if item:
                     return item
-        raise DataError(f"no usable sample in {self.cfg.source_names()}: none of its {len(self.cfg.shards)} shards "
+        raise DataError(f"no usable sample in {self.work.source_names()}: none of its {len(self.work.shards)} shards "
                         f"gave one: {counters.summary()}")
 
     def _collate(self, items, slot: int, position: int, counters: Counters) -> dict:
         images, image_ids, text_ids, texts, keys = zip(*items)
-        input_ids, mask = self.cfg.tokenizer(list(texts), self.cfg.context_length)
+        input_ids, mask = self.work.tokenizer(list(texts))
         return {"images": torch.stack(images), "input_ids": input_ids, "attention_mask": mask,
                 "image_ids": list(image_ids), "text_ids": list(text_ids), "keys": list(keys),
                 # hashed here, in the worker, so the training step does no per-sample work on the host
@@ -311,15 +315,15 @@ class TrainStream(IterableDataset):
 class TrainLoader:
     """Iterable for one epoch at a time; see the module docstring for the protocol."""
 
-    def __init__(self, cfg: TrainConfig, *, workers: int, prefetch_factor: int = 2, mp_context: str | None = None):
-        self.cfg, self.workers, self.prefetch_factor = cfg, workers, prefetch_factor
-        self.mp_context = _mp_context(cfg.shards, mp_context)
+    def __init__(self, work: WorkerPlan, *, workers: int, prefetch_factor: int = 2, mp_context: str | None = None):
+        self.work, self.workers, self.prefetch_factor = work, workers, prefetch_factor
+        self.mp_context = _mp_context(work.shards, mp_context)
         # Fail now, not in a worker, if the data cannot give every rank a batch.
-        if st.batches_per_rank(cfg.layout.epoch_total, cfg.layout) == 0:
-            raise ValueError(f"{cfg.layout.epoch_total} samples give no batch to each of {cfg.layout.world_size} "
-                             f"ranks (batch size {cfg.layout.batch_size}, drop_last={cfg.layout.drop_last})")
-        st.plan_rank(cfg.layout.epoch_total, cfg.layout, cfg.rank)
-        self._state, self._view = st.fresh_state(0, cfg.layout), None
+        if st.batches_per_rank(work.layout.epoch_total, work.layout) == 0:
+            raise EpochTooSmall(f"{work.layout.epoch_total} samples give no batch to each of {work.layout.world_size} "
+                                f"ranks (batch size {work.layout.batch_size}, drop_last={work.layout.drop_last})")
+        st.plan_rank(work.layout.epoch_total, work.layout, work.rank)
+        self._state, self._view = st.fresh_state(0, work.layout), None
         self._counts = dict.fromkeys(COUNTER_NAMES, 0)
 
     @property
@@ -330,18 +334,18 @@ class TrainLoader:
     def view(self) -> st.EpochView:
         """What the current epoch reads (all of it, unless it was resumed under another layout)."""
         if self._view is None:
-            self._view = st.epoch_view(self.cfg.layout, self._state["epoch"], self._state.get("reshard"))
+            self._view = st.epoch_view(self.work.layout, self._state["epoch"], self._state.get("reshard"))
         return self._view
 
     @property
     def batches_per_epoch(self) -> int:
         """Batches every rank yields in the current epoch (the same on all ranks)."""
-        return st.batches_per_rank(self.view.total, self.cfg.layout)
+        return st.batches_per_rank(self.view.total, self.work.layout)
 
     @property
     def samples_per_epoch(self) -> int:
         """Samples all ranks together take in the current epoch."""
-        layout = self.cfg.layout
+        layout = self.work.layout
         return sum(sum(p.batch_sizes) for r in range(layout.world_size)
                    for p in st.plan_rank(self.view.total, layout, r))
 
@@ -350,14 +354,19 @@ class TrainLoader:
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self._state["epoch"]:
-            self._state, self._view = st.fresh_state(epoch, self.cfg.layout), None
+            self._state, self._view = st.fresh_state(epoch, self.work.layout), None
+
+    def rewind(self) -> None:
+        """Back to the start of the current epoch: the next iteration is a full pass again (what a validation loader
+        does before every pass, reading the same samples and captions each time)."""
+        self._state, self._view = st.fresh_state(self._state["epoch"], self.work.layout), None
 
     def __iter__(self):
         state = self._state
         if state["batches"] >= self.batches_per_epoch:
             return
-        part = EpochPart.of(state["epoch"], self.view, self.cfg.layout, self.cfg.rank)
-        stream = TrainStream(self.cfg, part, state["batches"], state["positions"])
+        part = EpochPart.of(state["epoch"], self.view, self.work.layout, self.work.rank)
+        stream = TrainStream(self.work, part, state["batches"], state["positions"])
         if self.workers == 0:
             batches = iter(stream)
         else:
@@ -384,7 +393,7 @@ class TrainLoader:
         """JSON-serialisable position after the last batch taken. ``gather=True`` (a collective: every rank
         calls it) adds all ranks' positions, so one rank's copy resumes every rank — and lets a resume
         under another world size / worker count / batch size continue the epoch without repeats."""
-        state = {**self._state, "positions": dict(self._state["positions"]), "rank": self.cfg.rank,
+        state = {**self._state, "positions": dict(self._state["positions"]), "rank": self.work.rank,
                  "counts": dict(self._counts)}
         if gather and comm.active():
             state["ranks"] = {str(s["rank"]): s["positions"] for s in comm.gather_objects(state)}
@@ -395,53 +404,53 @@ class TrainLoader:
         batch size or drop_last, the saved epoch goes on with the samples no rank had taken (needs a
         gathered state when the old world size was > 1); after any other change, the epoch restarts."""
         epoch = int(state.get("epoch", 0))
-        changes = st.layout_changes(state, self.cfg.layout)
+        changes = st.layout_changes(state, self.work.layout)
         ranks = state.get("ranks") or ({str(state.get("rank", 0)): state.get("positions", {})}
                                        if state.get("layout", {}).get("world_size") == 1 else None)
         if state.get("version") != st.STATE_VERSION or (changes and not (set(changes) <= set(st.RESHARDABLE)
                                                                           and ranks is not None)):
             log.warning("data state not resumable here (%s): restarting epoch %d from its start",
-                        st.check_state(state, self.cfg.layout) or "no gathered positions", epoch)
-            self._state, self._view = st.fresh_state(epoch, self.cfg.layout), None
+                        st.check_state(state, self.work.layout) or "no gathered positions", epoch)
+            self._state, self._view = st.fresh_state(epoch, self.work.layout), None
             return
         self._counts = {**dict.fromkeys(COUNTER_NAMES, 0), **state.get("counts", {})}
         if changes:
             log.warning("data layout changed (%s): epoch %d goes on with the samples not yet taken",
-                        st.check_state(state, self.cfg.layout), epoch)
+                        st.check_state(state, self.work.layout), epoch)
             reshard = {"layout": state["layout"], "ranks": ranks, "from": state.get("reshard")}
-            self._state, self._view = st.fresh_state(epoch, self.cfg.layout, reshard), None
+            self._state, self._view = st.fresh_state(epoch, self.work.layout, reshard), None
             return
-        if "ranks" not in state and state.get("rank", self.cfg.rank) != self.cfg.rank:
-            raise ValueError(f"state of rank {state['rank']} loaded on rank {self.cfg.rank}; save with gather=True")
-        positions = (state.get("ranks") or {}).get(str(self.cfg.rank), state["positions"])
-        self._state = {**st.fresh_state(epoch, self.cfg.layout, state.get("reshard")),
+        if "ranks" not in state and state.get("rank", self.work.rank) != self.work.rank:
+            raise ValueError(f"state of rank {state['rank']} loaded on rank {self.work.rank}; save with gather=True")
+        positions = (state.get("ranks") or {}).get(str(self.work.rank), state["positions"])
+        self._state = {**st.fresh_state(epoch, self.work.layout, state.get("reshard")),
                        "batches": int(state["batches"]), "positions": {str(k): int(v) for k, v in positions.items()}}
         self._view = None
 
 
-def build_train_loader(sources, *, tokenizer, image_size: int, batch_size: int, workers: int, rank: int,
-                       world_size: int, seed: int, resampled: bool = False, shuffle_buffer: int = 1000,
-                       context_length: int = 52, train_augment: bool = False, epoch_samples: int | None = None,
-                       weights=None, drop_last: bool = False, shard_shuffle: bool = True,
-                       storage_options: dict | None = None, prefetch_factor: int = 2,
+def build_train_loader(reading: Reading, *, tokenizer, transform: ImageTransform, rank: int, world_size: int,
+                       seed: int, storage_options: dict | None = None, prefetch_factor: int = 2,
                        mp_context: str | None = None) -> TrainLoader:
-    """A training loader over ``sources`` (see ``sources.py``; ``weights`` mix them in resampled mode).
+    """A training-style loader over ``reading.sources`` (see ``sources.py``; ``reading.weights`` mix them in
+    resampled mode). ``tokenizer`` and ``transform`` run in the workers (both pickle).
 
-    ``resampled=False``: exact epochs (every sample once; last batches of a rank may be smaller unless
-    ``drop_last``). ``resampled=True``: shards drawn with replacement, ``epoch_samples`` (default: the
-    sources' total) // (world_size × batch_size) full batches per rank. ``shuffle_buffer`` is per worker,
-    in samples (memory ≈ buffer × mean encoded sample size).
+    Exact epochs (``resampled=False``): every sample once; the last batches of a rank may be smaller unless
+    ``drop_last``. Resampled epochs: shards drawn with replacement, ``epoch_samples`` (default: the sources' total)
+    // (world_size × batch_size) full batches per rank. ``shuffle_buffer`` is per worker, in samples (memory ≈
+    buffer × mean encoded sample size).
     """
-    resolved = resolve_sources(sources, weights, storage_options)
-    if not resampled and len({s.weight for s in resolved}) > 1:
+    resolved = resolve_sources(reading.sources, reading.weights, storage_options)
+    if not reading.resampled and len({s.weight for s in resolved}) > 1:
         log.warning("source weights only apply to resampled epochs; exact epochs read every sample once")
     shards = [shard for source in resolved for shard in source.shards]
-    layout = st.Layout(world_size, workers, batch_size, "resampled" if resampled else "exact", drop_last, seed,
-                       shuffle_buffer, shard_shuffle, epoch_samples if resampled else None,
-                       sum(s.samples for s in shards))
-    cfg = TrainConfig(shards, [s.weight for s in resolved for _ in s.shards], layout, rank, tokenizer, image_size,
-                      context_length, train_augment, dict(storage_options or {}), [s.spec for s in resolved])
-    return TrainLoader(cfg, workers=workers, prefetch_factor=prefetch_factor, mp_context=mp_context)
+    layout = st.Layout(world_size, reading.workers, reading.batch_size,
+                       "resampled" if reading.resampled else "exact", reading.drop_last, seed,
+                       reading.shuffle_buffer, reading.shard_shuffle,
+                       reading.epoch_samples if reading.resampled else None, sum(s.samples for s in shards))
+    work = WorkerPlan(shards=shards, weights=[s.weight for s in resolved for _ in s.shards], layout=layout, rank=rank,
+                      tokenizer=tokenizer, transform=transform, storage_options=dict(storage_options or {}),
+                      sources=[s.spec for s in resolved])
+    return TrainLoader(work, workers=reading.workers, prefetch_factor=prefetch_factor, mp_context=mp_context)
 
 
 # ----------------------------------------------------------------------------------------- evaluation

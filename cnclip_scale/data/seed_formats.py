@@ -17,8 +17,8 @@ import json
 import mmap
 import os
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import pybase64
 

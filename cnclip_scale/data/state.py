@@ -29,8 +29,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 STATE_VERSION = 1
 
@@ -131,7 +131,7 @@ def batches_per_rank(total: int, layout: Layout) -> int:
         return total // (w * b)
     if total < w:                       # only after a layout change: the epoch's last few samples wait
         return 0
-    return -(-(-(-total // w)) // b)   # ceil(ceil(S / W) / B)
+    return -(-(-(-total // w)) // b)   # noqa: B002 - ceil(ceil(S / W) / B), by floor division of negatives
 
 
 def plan_rank(total: int, layout: Layout, rank: int) -> list[SlotPlan]:

@@ -1,12 +1,13 @@
 """Image preprocessing as the Chinese-CLIP family was trained: a square bicubic resize (no crop), RGB, CLIP mean/std.
 
 Two forms of the same thing: ``image_transform`` (PIL → normalised float tensor, for one-off use) and the split form the
-data pipeline uses (``resize_to_uint8`` in DataLoader workers, ``normalize_batch`` on the device), which moves a quarter
-of the bytes between processes and normalises where the arithmetic is cheap.
+data pipeline uses (``ImageTransform`` / ``resize_to_uint8`` in DataLoader workers, ``normalize_batch`` on the device),
+which moves a quarter of the bytes between processes and normalises where the arithmetic is cheap.
 """
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -37,6 +38,28 @@ def image_transform(resolution: int, train: bool = False) -> T.Compose:
 def resize_to_uint8(resolution: int, train: bool = False) -> T.Compose:
     """PIL image → uint8 tensor 3×r×r (no normalisation; see ``normalize_batch``)."""
     return T.Compose([to_rgb, *_geometry(resolution, train), T.PILToTensor()])
+
+
+@dataclass(kw_only=True)
+class ImageTransform:
+    """What a loader worker does to each image: PIL → uint8 3×``resolution``² (``normalize_batch`` finishes on the
+    device). Passed to the data pipeline as an object, like the tokenizer; it pickles into each worker.
+
+    ``augment``: the training augmentation, which draws from torch's RNG: the pipeline seeds that per batch so a
+    resumed run replays it (``random`` tells it to)."""
+    resolution: int
+    augment: bool = False
+    _compose: T.Compose = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self._compose = resize_to_uint8(self.resolution, train=self.augment)
+
+    @property
+    def random(self) -> bool:
+        return self.augment
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self._compose(image)
 
 
 @functools.lru_cache(maxsize=16)

@@ -16,11 +16,12 @@ import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import Literal, get_args
 
 from tqdm import tqdm
 
 from cnclip_scale.shards.build import ShardTask, build_shard, init_progress
-from cnclip_scale.shards.sources import SplitSource, load_split
+from cnclip_scale.shards.inputs import SplitSource, load_split
 from cnclip_scale.shards.writer import (
     TMP_MARK,
     Destination,
@@ -36,17 +37,28 @@ PLAN_MARK = ".to_shards-plan.json"
 SHOWN_FOREIGN = 6
 
 
-@dataclass
+Group = Literal["image", "pair"]
+SourceKind = Literal["tsv", "lmdb"]
+
+
+@dataclass(kw_only=True)
 class Options:
-    group: str = "image"                 # "image": one sample per image; "pair": one per (text, image)
+    group: Group = "image"               # "image": one sample per image; "pair": one per (text, image)
     samples_per_shard: int = 10_000
     max_shard_bytes: int = 256 << 20     # estimated from the base64 length before writing
     verify_full: bool = False            # decode every image instead of header + end-marker checks
     workers: int = 1
     overwrite: bool = False
-    source_kind: str | None = None       # force "tsv" or "lmdb"
+    source_kind: SourceKind | None = None  # force the input layout
     storage_options: dict = field(default_factory=dict)
     progress: bool = True
+
+    def __post_init__(self):
+        # Checked here, not where the value is used: any other group would be written as "image" shards under a
+        # manifest naming that group, which readers then trust.
+        for name, kind, value in (("group", Group, self.group), ("source_kind", SourceKind, self.source_kind)):
+            if value is not None and value not in get_args(kind):
+                raise ValueError(f"Options.{name}: {value!r} is not one of {', '.join(get_args(kind))}")
 
 
 def _captions(source: SplitSource) -> dict[str, list]:
@@ -201,7 +213,8 @@ def _account(source: SplitSource, stats: list[dict]) -> tuple[dict, list[dict]]:
               "pairs": {"input": source.pairs_input, "written": pairs_written, "rejected": count["pair"]}}
     for kind, row in totals.items():
         if row["input"] != row["written"] + row["rejected"]:  # a bug, never bad input: refuse to hide it
-            raise AssertionError(f"{kind}: input {row['input']} != written {row['written']} + rejected {row['rejected']}")
+            raise AssertionError(f"{kind}: input {row['input']} != written {row['written']} "
+                                 f"+ rejected {row['rejected']}")
     if pairs_written != sum(s["pairs"] for s in stats):
         raise AssertionError("pairs written by shards disagree with pairs linked from texts")
     return totals, image_rejects + text_side

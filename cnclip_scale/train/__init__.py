@@ -1,1 +1,2 @@
-"""Training: config, loss, optimiser, the DeepSpeed engine wrapper and the loop (see ``loop.train``)."""
+"""Training (see ``loop.train``): config, the step (``step``), DeepSpeed around the model (``engine``), checkpoints and
+resume (``checkpoint``, ``state``, ``rng``), validation, loss, optimiser, logs."""

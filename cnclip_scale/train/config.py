@@ -13,14 +13,21 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from ..data.config import DataCfg
 from ..errors import UserError
 
+__all__ = ["ConfigError", "DataCfg", "DeepSpeedCfg", "ModelCfg", "OptimCfg", "RunConfig", "TrainCfg", "check_config",
+           "load_config", "save_config"]
 
-@dataclass
+Precision = Literal["fp16", "bf16", "fp32"]
+ZeroStage = Literal[0, 1, 2, 3]
+
+
+@dataclass(kw_only=True)
 class ModelCfg:
     name: str = "ViT-B-16@RoBERTa-wwm-ext-base-chinese"
     context_length: int = 52
@@ -29,21 +36,7 @@ class ModelCfg:
     image_size: int | None = None  # override the tower's resolution (tiny demos)
 
 
-@dataclass
-class DataCfg:
-    train: list[str] = field(default_factory=list)  # manifest URLs, folders or brace patterns
-    train_weights: list[float] | None = None  # mixing weights, one per source
-    valid: list[str] = field(default_factory=list)
-    batch_size: int = 128  # per rank
-    valid_batch_size: int = 128
-    workers: int = 4
-    resampled: bool = False  # pretraining at scale: shards drawn with replacement
-    epoch_samples: int | None = None  # resampled epochs: samples per epoch (default: the manifest's total)
-    shuffle_buffer: int = 2000
-    augment: bool = False
-
-
-@dataclass
+@dataclass(kw_only=True)
 class OptimCfg:
     lr: float = 5e-5
     wd: float = 0.001
@@ -56,15 +49,15 @@ class OptimCfg:
     grad_clip: float = 1.0  # 0 disables
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DeepSpeedCfg:
-    zero_stage: int = 2
-    precision: str = "bf16"  # fp16 | bf16 | fp32
+    zero_stage: ZeroStage = 2
+    precision: Precision = "bf16"
     config: str | None = None  # a ds_config JSON whose fields win over the generated ones
     initial_scale_power: int = 16  # fp16 dynamic loss scaling starts at 2**this
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainCfg:
     output_dir: str = "runs/default"
     freeze_vision: bool = False
@@ -80,7 +73,7 @@ class TrainCfg:
     record_keys: bool = False  # write keys_rank{R}.jsonl: the sample keys of every step (audits, resume tests)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunConfig:
     model: ModelCfg = field(default_factory=ModelCfg)
     data: DataCfg = field(default_factory=DataCfg)
@@ -128,10 +121,13 @@ def _apply(obj, data: dict, where: str) -> None:
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check a value against its field's type; strings from the command line are parsed (``optim.lr=3e-5``,
     ``data.train=[a,b]``, ``model.init=none``)."""
+    if typing.get_origin(hint) is Literal:
+        return _choice(value, typing.get_args(hint), where)
     optional = type(None) in typing.get_args(hint)
     kinds = [t for t in typing.get_args(hint) if t is not type(None)] if optional else [hint]
     kind = typing.get_origin(kinds[0]) or kinds[0]
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~") and (optional or kind is not str)):
+    empty = isinstance(value, str) and value.lower() in ("none", "null", "~") and (optional or kind is not str)
+    if value is None or empty:
         if optional:
             return None
         raise ConfigError(f"{where}: may not be empty")
@@ -168,6 +164,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
 
 
+def _choice(value: Any, choices: tuple, where: str) -> Any:
+    """One of a ``Literal``'s values; a command-line string is compared as text (``deepspeed.zero_stage=3``)."""
+    for choice in choices:
+        if value == choice and type(value) is type(choice) or isinstance(value, str) and value == str(choice):
+            return choice
+    raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
 def parse_overrides(overrides: list[str]) -> dict:
     nested: dict = {}
     for item in overrides:
@@ -200,20 +204,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                               f"got a {type(data).__name__}")
         _apply(cfg, data, f"{path}: ")
     _apply(cfg, parse_overrides(overrides or []), "override ")
-    validate(cfg)
+    check_config(cfg)
     return cfg
 
 
 # (key, smallest value that works). None stays allowed where the field is optional.
 _AT_LEAST = [
-    ("model.context_length", 1), ("data.batch_size", 1), ("data.valid_batch_size", 1), ("data.workers", 0),
+    ("model.context_length", 1), ("model.image_size", 1), ("data.batch_size", 1), ("data.valid_batch_size", 1),
+    ("data.workers", 0),
     ("data.epoch_samples", 1), ("data.shuffle_buffer", 0), ("optim.max_steps", 1), ("optim.max_epochs", 1),
     ("optim.warmup", 0), ("train.save_every", 0), ("train.keep_last", 1), ("train.log_every", 1),
     ("train.valid_every", 0),
 ]
 
 
-def validate(cfg: RunConfig) -> None:
+def check_config(cfg: RunConfig) -> None:
+    """Values that cannot work together or at all (types and ``Literal`` modes are checked as they are read)."""
     for key, least in _AT_LEAST:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -222,22 +228,34 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: must be {'at least 1' if least == 1 else '0 or more'}, got {value}")
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {cfg.optim.betas}")
-    try:
-        from ..model.configs import model_config  # plain dataclasses: no torch import
-
-        model_config(cfg.model.name)
-    except ValueError as e:
-        raise ConfigError(f"model.name: {e}") from None
+    check_model(cfg.model)
     if cfg.deepspeed.config:
         read_deepspeed_json(cfg.deepspeed.config)
-    if cfg.deepspeed.precision not in ("fp16", "bf16", "fp32"):
-        raise ConfigError(f"deepspeed.precision: {cfg.deepspeed.precision!r} is not one of fp16, bf16, fp32")
-    if cfg.deepspeed.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"deepspeed.zero_stage: {cfg.deepspeed.zero_stage} is not 0, 1, 2 or 3")
+    # A RunConfig built in code bypasses the loader's Literal checks: the modes are checked again here.
+    _choice(cfg.deepspeed.precision, typing.get_args(Precision), "deepspeed.precision")
+    _choice(cfg.deepspeed.zero_stage, typing.get_args(ZeroStage), "deepspeed.zero_stage")
     if cfg.optim.max_steps is None and cfg.optim.max_epochs is None:
         raise ConfigError("optim: set max_steps or max_epochs")
     if cfg.train.freeze_vision and cfg.train.freeze_text:
         raise ConfigError("train: freezing both towers leaves only logit_scale to train")
+
+
+def check_model(model: ModelCfg):
+    """The model the settings name, or ConfigError: a known name, and sizes the towers can take."""
+    from ..model.configs import model_config  # plain dataclasses: no torch import
+
+    try:
+        config = model_config(model.name, **({"image_size": model.image_size} if model.image_size else {}))
+    except ValueError as e:
+        raise ConfigError(f"model.name: {e}") from None
+    vision = config.vision
+    if vision.image_size % vision.patch_size:
+        raise ConfigError(f"model.image_size: {vision.image_size} is not a multiple of the patch size "
+                          f"{vision.patch_size} of {model.name}")
+    if model.context_length > config.text.max_position_embeddings:
+        raise ConfigError(f"model.context_length: {model.context_length} is more than the "
+                          f"{config.text.max_position_embeddings} positions of {model.name}'s text tower")
+    return config
 
 
 def read_deepspeed_json(path: str) -> dict:

@@ -1,37 +1,27 @@
-"""DeepSpeed around the model: config generation, initialisation, the logit_scale clamp, checkpoints.
+"""DeepSpeed around the model: config generation, initialisation, precision, the logit_scale clamp.
 
-Everything that knows DeepSpeed lives here (and in ``loop.py`` which calls it); the model does not.
+Everything that knows DeepSpeed lives here, in ``checkpoint.py`` (its save/load/universal conversion) and in
+``loop.py`` which calls them; the model does not.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import pickle
-import re
-import shutil
 from pathlib import Path
 
 import deepspeed
 import torch
 from deepspeed.accelerator import get_accelerator
-from deepspeed.utils import (safe_get_full_fp32_param, safe_get_local_fp32_param, safe_set_full_fp32_param,
-                             safe_set_local_fp32_param)
+from deepspeed.utils import (
+    safe_get_full_fp32_param,
+    safe_get_local_fp32_param,
+    safe_set_full_fp32_param,
+    safe_set_local_fp32_param,
+)
 
 from .. import comm
-from ..errors import UserError
 from ..model.clip import LOGIT_SCALE_MAX, build_model
 from .config import ConfigError, RunConfig
 from .optim import build_optimizer, build_scheduler
-from ..safe_load import deepspeed_safe_load
-
-LATEST = "latest"
-UNIVERSAL = "universal"  # checkpoints/universal/<tag>: a tag converted for a resume under another world size
-OWN_TAG = re.compile(r"step\d{8}")  # the tags ``save`` writes; pruning deletes nothing else
-
-
-class ResumeError(UserError, RuntimeError):
-    """A checkpoint this job cannot continue from; the message says what to do instead."""
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -52,7 +42,8 @@ def ds_config(cfg: RunConfig, world_size: int) -> dict:
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
         # Dynamic loss scaling (loss_scale 0) over fp32 master weights: what Chinese-CLIP's pure-fp16 mode lacks.
-        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": cfg.deepspeed.initial_scale_power,
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0,
+                 "initial_scale_power": cfg.deepspeed.initial_scale_power,
                  "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
         "bf16": {"enabled": precision == "bf16"},
         "zero_allow_untested_optimizer": True,  # our client torch AdamW
@@ -84,7 +75,7 @@ def use_tensor_cores(engine) -> None:
 
 
 def build_engine(model: torch.nn.Module, cfg: RunConfig, max_steps: int, load_universal: bool = False):
-    """``load_universal``: the engine will load a universal checkpoint (see ``to_universal``)."""
+    """``load_universal``: the engine will load a universal checkpoint (see ``checkpoint.to_universal``)."""
     optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.wd, cfg.optim.betas, cfg.optim.eps)
     scheduler = build_scheduler(optimizer, cfg.optim.lr, cfg.optim.warmup, max_steps, cfg.optim.min_lr)
     config = ds_config(cfg, comm.world())
@@ -155,183 +146,6 @@ def plain_model_copy(engine) -> torch.nn.Module:
         for name, param in module.named_parameters():
             own[name].copy_(param.detach())
     return copy
-
-
-# ---------------------------------------------------------------------------------------------------- checkpoints
-def checkpoint_dir(output_dir: str | Path) -> Path:
-    return Path(output_dir) / "checkpoints"
-
-
-def save(engine, output_dir: str | Path, step: int, client_state: dict, rank_state: dict, keep_last: int) -> Path:
-    """One checkpoint, written so that a kill at any moment leaves the previous one usable.
-
-    Order: DeepSpeed states (all ranks) → each rank's data position and RNG → barrier → the ``latest`` pointer
-    (rank 0, atomic rename) → pruning of old tags. A checkpoint without the pointer is never resumed from.
-    """
-    root = checkpoint_dir(output_dir)
-    tag = f"step{step:08d}"
-    client_state = dict(client_state, universal_checkpoint_info={"universal_checkpoint_version": 0.2},
-                        world_size=comm.world())
-    engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
-    rank = comm.rank()
-    _atomic_write(root / tag / f"rank{rank:05d}_state.json", json.dumps(rank_state))
-    comm.barrier()
-    if rank == 0:
-        _atomic_write(root / LATEST, tag)
-        prune(root, keep_last)
-    comm.barrier()  # after rank 0's pruning: the others wait here (comm.timeout() allows for slow file systems)
-    return root / tag
-
-
-def prune(root: Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` of this trainer's tags (and their universal copies).
-
-    Only what ``save`` writes counts as a tag: a real directory named ``stepNNNNNNNN`` holding a rank state file. A
-    user's ``step_notes/`` or a tag-named folder without our files stays, and so does anything behind a symlink."""
-    if keep_last < 1:  # config validation refuses it too; 0 would delete the checkpoint just written
-        raise ValueError(f"keep_last must be at least 1, got {keep_last}")
-    tags = sorted(p.name for p in root.iterdir() if OWN_TAG.fullmatch(p.name) and p.is_dir() and not p.is_symlink()
-                  and any(p.glob("rank*_state.json")))
-    for old in tags[: max(0, len(tags) - keep_last)]:
-        shutil.rmtree(root / old, ignore_errors=True)
-        universal = root / UNIVERSAL / old
-        if universal.is_dir() and not universal.is_symlink():
-            shutil.rmtree(universal, ignore_errors=True)
-
-
-def _inside(root: Path, tag: str, pointer: str) -> Path:
-    """``root/tag``, refused unless ``tag`` is one plain name of a directory that really lies in ``root``: a
-    ``latest`` file naming ``../x`` or ``/x`` would otherwise send a resume (and the clean-up of a universal
-    conversion) outside the run's checkpoint folder."""
-    if not tag:
-        raise ResumeError(f"{pointer} is empty; delete it to start afresh, or write the tag to resume from "
-                          f"(e.g. step00000100) into it")
-    plain = tag not in (".", "..") and "/" not in tag and "\\" not in tag and not os.path.isabs(tag)
-    if not plain or (root / tag).resolve().parent != root.resolve():
-        raise ResumeError(f"{pointer} names {tag!r}, which is not a checkpoint tag inside {root}; refusing to read or "
-                          "write outside the run's checkpoint folder")
-    return root / tag
-
-
-def _check_tag(root: Path, tag: str, pointer: str) -> None:
-    """Everything a resume reads before the ranks start: the tag dir and every rank's state file. Checked here, on
-    every rank alike, so a bad checkpoint is one line instead of one rank failing while the others wait."""
-    path = _inside(root, tag, pointer)
-    if not path.is_dir():
-        raise ResumeError(f"{pointer} points to {tag!r} but {path} does not exist; delete {root / LATEST} or point it "
-                          "to an existing tag")
-    states = sorted(path.glob("rank*_state.json"))
-    if not states:
-        raise ResumeError(f"{path}: no rank*_state.json (an incomplete checkpoint, or not written by this trainer)")
-    for state in states:
-        try:
-            ok = isinstance(json.loads(state.read_text()), dict)
-        except (OSError, UnicodeDecodeError, ValueError):
-            ok = False
-        if not ok:
-            raise ResumeError(f"{state}: not a complete rank state (truncated or damaged); resume from an earlier tag "
-                              f"by writing its name into {root / LATEST}")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def find_resume(resume: str, output_dir: str | Path) -> tuple[Path, str] | None:
-    """``auto``: the latest complete checkpoint of this run (or none); ``none``; or a path to a tag directory or a
-    checkpoints directory with a ``latest`` pointer."""
-    if resume == "none":
-        return None
-    root = checkpoint_dir(output_dir) if resume == "auto" else Path(resume)
-    if (root / LATEST).exists():
-        tag = (root / LATEST).read_text().strip()
-        _check_tag(root, tag, str(root / LATEST))
-        return root, tag
-    if resume != "auto" and root.is_dir() and root.name.startswith("step"):
-        _check_tag(root.parent, root.name, f"train.resume={resume}")
-        return root.parent, root.name
-    if resume != "auto":
-        raise ResumeError(f"train.resume={resume}: neither a checkpoint tag dir nor a dir with a '{LATEST}' file")
-    return None
-
-
-def saved_world_size(root: Path, tag: str) -> int | None:
-    """How many ranks wrote checkpoint ``root/tag`` (each leaves its own data-position file)."""
-    return len(list((root / tag).glob("rank*_state.json"))) or None
-
-
-def needs_universal(root: Path, tag: str) -> bool:
-    saved = saved_world_size(root, tag)
-    return saved is not None and saved != comm.world()
-
-
-def to_universal(root: Path, tag: str) -> None:
-    """Convert ``root/tag`` with DeepSpeed's ``ds_to_universal`` into ``root/universal/tag`` (rank 0, once; a
-    finished conversion is marked, so an interrupted one is redone). All ranks call this; the others wait in the
-    gather below, for as long as ``comm.timeout()`` allows (big models take minutes)."""
-    _inside(root, tag, f"tag {tag!r}")  # the clean-up below deletes root/universal/tag: never anything else
-    out = root / UNIVERSAL / tag
-    error = None
-    if comm.rank() == 0 and not (out / "complete").exists():
-        from deepspeed.checkpoint import ds_to_universal
-
-        shutil.rmtree(out, ignore_errors=True)
-        workers = max(1, min(8, (os.cpu_count() or 2) // 2))  # the conversion is per-parameter, in parallel
-        args = argparse.Namespace(input_folder=str(root / tag), output_folder=str(out), num_extract_workers=workers,
-                                  num_merge_workers=workers, keep_temp_folder=False, strict=True,
-                                  inject_missing_state=False)
-        try:
-            with deepspeed_safe_load():  # the converter, too, calls torch.load(weights_only=False)
-                ds_to_universal.main(args)
-            (out / "complete").write_text(tag)
-        except Exception as e:  # noqa: BLE001 - reported to every rank below
-            error = f"{type(e).__name__}: {e}"
-    errors = comm.gather_objects(error)
-    if errors[0]:
-        raise ResumeError(
-            f"checkpoint {root / tag} was written by {saved_world_size(root, tag)} ranks; converting it to a universal "
-            f"checkpoint for {comm.world()} ranks failed ({errors[0]}). Either run with the original number of "
-            f"ranks, or start a new run from its weights: model.init={root / tag} train.resume=none.")
-
-
-def load(engine, root: Path, tag: str) -> tuple[dict, dict]:
-    """Restore engine states (model, optimiser, scheduler, loss scaler) and this rank's data position and RNG.
-
-    Under another world size (the engine built with ``load_universal``, after ``to_universal``) the ZeRO states are
-    re-partitioned by DeepSpeed; the data position is rank 0's gathered copy (every old rank's position), from which
-    the loader plans the rest of the epoch over the new ranks; its RNG state is rank 0's, for the caller to ignore.
-    """
-    universal = engine.load_universal_checkpoint()
-    weight_decay = [group["weight_decay"] for group in engine.optimizer.param_groups]
-    error = None
-    try:
-        with deepspeed_safe_load():
-            _, client_state = engine.load_checkpoint(str(root / UNIVERSAL if universal else root), tag=tag)
-    except pickle.UnpicklingError as e:  # the weights-only loader refused a pickle that is more than tensors
-        client_state, error = None, (f"checkpoint {root / tag}: refused: a file holds more than tensors and plain "
-                                     f"values (crafted, or not written by DeepSpeed): {str(e).splitlines()[0]}")
-    # Every rank learns whether any rank refused its files: one rank failing alone would leave the others waiting in
-    # their first collective.
-    errors = [e for e in comm.gather_objects(error) if e]
-    if errors:
-        raise ResumeError(errors[0])
-    if universal:
-        # Two slips of DeepSpeed's ZeRO-3 universal loader (0.19): every group gets the first group's hyperparameters,
-        # which would put weight decay on biases and norms, so the model's decay is set back; and every group's Adam
-        # state gets the *same* step tensor, which torch's AdamW increments in place once per group, so each group
-        # would count its steps (bias correction) from a different number; each gets its own copy.
-        for group, decay in zip(engine.optimizer.param_groups, weight_decay):
-            group["weight_decay"] = decay
-        for state in engine.optimizer.optimizer.state.values():
-            if torch.is_tensor(state.get("step")):
-                state["step"] = state["step"].clone()
-    if client_state is None:
-        raise ResumeError(f"checkpoint {root / tag}: DeepSpeed could not load it (see the messages above)")
-    rank_file = root / tag / f"rank{0 if universal else comm.rank():05d}_state.json"
-    rank_state = json.loads(rank_file.read_text()) if rank_file.exists() else {}
-    return client_state, rank_state
 
 
 class FiniteWatch:

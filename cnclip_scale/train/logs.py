@@ -36,7 +36,8 @@ def setup_logging(output_dir: Path, rank: int) -> logging.LoggerAdapter:
     logger.addHandler(handler)
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(output_dir / f"out_{time.strftime('%Y-%m-%d-%H-%M-%S')}.log", encoding="utf-8")
+        log_file = output_dir / f"out_{time.strftime('%Y-%m-%d-%H-%M-%S')}.log"
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
         file_handler.setFormatter(formatter)
         logger.addHandler(file_handler)
     return _RankAdapter(logger, {"rank": rank})
@@ -57,7 +58,8 @@ def train_line(m: dict) -> str:
             f"Image2Text Acc: {100 * m['i2t_acc']:.2f} | Text2Image Acc: {100 * m['t2i_acc']:.2f} | "
             f"Data Time: {m['data_time']:.3f}s | Batch Time: {m['batch_time']:.3f}s | LR: {m['lr']:.6f} | "
             f"logit_scale: {m['logit_scale']:.3f} | Global Batch Size: {m['global_batch_size']} | "
-            f"Samples/s: {m['samples_per_s']:.1f} | Loss Scale: {m['loss_scale']:g} | Skipped Steps: {m['skipped_steps']}")
+            f"Samples/s: {m['samples_per_s']:.1f} | Loss Scale: {m['loss_scale']:g} | "
+            f"Skipped Steps: {m['skipped_steps']}")
 
 
 def valid_line(m: dict) -> str:

@@ -28,7 +28,8 @@ def no_decay_names(model: nn.Module) -> set[str]:
 def freeze(model: nn.Module, vision: bool = False, text: bool = False) -> None:
     """LiT-style locking: the frozen tower (its projection included) gets no gradients and no optimiser state."""
     for name, p in model.named_parameters():
-        if (vision and name.startswith("visual.")) or (text and (name.startswith("bert.") or name == "text_projection")):
+        in_text = name.startswith("bert.") or name == "text_projection"
+        if (vision and name.startswith("visual.")) or (text and in_text):
             p.requires_grad_(False)
 
 

@@ -6,10 +6,11 @@ import shutil
 import tarfile
 
 import pytest
-
-from cnclip_scale.data.pipeline import build_eval_loader, build_train_loader
-from cnclip_scale.shards.samples import sample_key
 from integration.data_shards import build_shard_set
+
+from cnclip_scale.data.pipeline import Reading, build_eval_loader, build_train_loader
+from cnclip_scale.model.transforms import ImageTransform
+from cnclip_scale.shards.samples import sample_key
 
 
 def _rewrite_member(path, name, data):
@@ -48,8 +49,8 @@ def damaged(tmp_path_factory):
 
 def test_damaged_samples_are_skipped_counted_and_named(damaged, tokenizer, caplog):
     shard_set, broken, lost = damaged
-    loader = build_train_loader(shard_set.url, tokenizer=tokenizer, image_size=32, batch_size=3, workers=0,
-                                rank=0, world_size=1, seed=1, shuffle_buffer=4)
+    loader = build_train_loader(Reading(sources=shard_set.url, batch_size=3, shuffle_buffer=4), tokenizer=tokenizer,
+                                transform=ImageTransform(resolution=32), rank=0, world_size=1, seed=1)
     with caplog.at_level(logging.WARNING, logger="cnclip_scale.data"):
         batches = [b["keys"] for b in loader]
     delivered = [k for b in batches for k in b]
@@ -68,8 +69,9 @@ def test_damage_does_not_unbalance_ranks(damaged, tokenizer):
     shard_set, broken, lost = damaged
     delivered, counts, totals = [], [], {}
     for rank in range(2):
-        loader = build_train_loader(shard_set.url, tokenizer=tokenizer, image_size=32, batch_size=2, workers=2,
-                                    rank=rank, world_size=2, seed=1, shuffle_buffer=4)
+        loader = build_train_loader(Reading(sources=shard_set.url, batch_size=2, workers=2, shuffle_buffer=4),
+                                    tokenizer=tokenizer, transform=ImageTransform(resolution=32), rank=rank,
+                                    world_size=2, seed=1)
         batches = [b["keys"] for b in loader]
         counts.append(len(batches))
         delivered += [k for b in batches for k in b]
@@ -92,8 +94,9 @@ def test_a_shard_that_vanished_after_start_is_counted_not_fatal(damaged, tokeniz
     shard_set, _, _ = damaged
     copy = tmp_path / "copy"
     shutil.copytree(shard_set.url, copy)
-    loader = build_train_loader(str(copy), tokenizer=tokenizer, image_size=32, batch_size=4, workers=0, rank=0,
-                                world_size=1, seed=1, shard_shuffle=False, shuffle_buffer=0)
+    loader = build_train_loader(Reading(sources=str(copy), batch_size=4, shard_shuffle=False, shuffle_buffer=0),
+                                tokenizer=tokenizer, transform=ImageTransform(resolution=32), rank=0, world_size=1,
+                                seed=1)
     (copy / "train-000002.tar").unlink()
     batches = [b["keys"] for b in loader]
     assert len(batches) == 3 and loader.stats()["missing_samples"] == 2 + 4

@@ -10,13 +10,15 @@ from PIL import Image
 
 from cnclip_scale.data.decode import decode_image
 from cnclip_scale.data.ids import id_hashes
-from cnclip_scale.data.pipeline import build_train_loader
+from cnclip_scale.data.pipeline import Reading, build_train_loader
+from cnclip_scale.model.tokenizer import Tokenizer
+from cnclip_scale.model.transforms import ImageTransform
 
 
-def _loader(shards, tokenizer, rank=0, world=2, workers=2, **kw):
-    args = dict(tokenizer=tokenizer, image_size=32, batch_size=3, workers=workers, rank=rank, world_size=world,
-                seed=7, shuffle_buffer=4)
-    return build_train_loader(shards, **{**args, **kw})
+def _loader(shards, tokenizer, rank=0, world=2, workers=2, seed=7, augment=False, **reading):
+    reading = Reading(**{"sources": shards, "batch_size": 3, "workers": workers, "shuffle_buffer": 4, **reading})
+    return build_train_loader(reading, tokenizer=tokenizer, transform=ImageTransform(resolution=32, augment=augment),
+                              rank=rank, world_size=world, seed=seed)
 
 
 def _keys(loader):
@@ -25,7 +27,7 @@ def _keys(loader):
 
 def test_batches_have_the_documented_format(uneven, tokenizer):
     captions = uneven.truth.captions()
-    batch = next(iter(_loader(uneven.url, tokenizer, context_length=20)))
+    batch = next(iter(_loader(uneven.url, Tokenizer(context_length=20))))
     assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (3, 3, 32, 32)
     assert batch["input_ids"].dtype == torch.long and batch["input_ids"].shape == (3, 20)
     assert batch["attention_mask"].dtype == torch.bool and batch["attention_mask"].shape == (3, 20)
@@ -208,7 +210,7 @@ def test_draft_decode_reduces_large_jpegs_but_never_below_the_target():
 
 def test_augmentation_replays_and_leaves_the_callers_rng_alone(uneven, tokenizer):
     def images(seed, augment=True):
-        loader = _loader(uneven.url, tokenizer, world=1, workers=0, train_augment=augment, seed=seed)
+        loader = _loader(uneven.url, tokenizer, world=1, workers=0, augment=augment, seed=seed)
         return torch.cat([b["images"] for b in loader])
 
     torch.manual_seed(123)
@@ -225,7 +227,7 @@ def test_augmentation_in_the_main_process_leaves_the_gpu_rng_alone(uneven, token
     seeded = []
     monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(seed))
     monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: seeded.append(seed))
-    loader = _loader(uneven.url, tokenizer, world=1, workers=0, train_augment=True, seed=1)
+    loader = _loader(uneven.url, tokenizer, world=1, workers=0, augment=True, seed=1)
     assert sum(len(b["keys"]) for b in loader) > 0
     assert seeded == []
 

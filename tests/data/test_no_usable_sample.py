@@ -7,8 +7,9 @@ import os
 import pytest
 from integration.data_shards import build_shard_set
 
-from cnclip_scale.data.pipeline import DataError, build_train_loader
+from cnclip_scale.data.pipeline import DataError, Reading, build_train_loader
 from cnclip_scale.errors import UserError
+from cnclip_scale.model.transforms import ImageTransform
 from cnclip_scale.shards.convert import Options, convert_split
 from cnclip_scale.shards.writer import Destination
 from cnclip_scale.testing.seed_data import write_seed_split
@@ -36,10 +37,10 @@ def captionless(tmp_path_factory):
 
 
 def _drain(url, tokenizer, **kw):
-    args = {"tokenizer": tokenizer, "image_size": 32, "batch_size": 2, "workers": 0, "rank": 0, "world_size": 1,
-            "seed": 3, "shuffle_buffer": 4}
+    reading = Reading(**{"sources": url, "batch_size": 2, "shuffle_buffer": 4, **kw})
     with pytest.raises(DataError) as caught:
-        for _ in build_train_loader(url, **{**args, **kw}):
+        for _ in build_train_loader(reading, tokenizer=tokenizer, transform=ImageTransform(resolution=32), rank=0,
+                                    world_size=1, seed=3):
             pass
     message = str(caught.value)
     assert isinstance(caught.value, UserError)        # what the commands print as one line, exit code 2
@@ -73,9 +74,10 @@ def test_mixed_sources_name_every_source(unreadable, captionless, tokenizer):
 @pytest.mark.timeout(120)
 def test_a_mostly_broken_source_still_trains(unreadable, uneven, tokenizer):
     """The bound counts failures in a row: one good source among bad ones keeps the epoch going."""
-    loader = build_train_loader(f"{unreadable}::{uneven.url}", tokenizer=tokenizer, image_size=32, batch_size=2,
-                                workers=0, rank=0, world_size=1, seed=3, shuffle_buffer=4, resampled=True,
-                                weights="20::1", epoch_samples=40)
+    loader = build_train_loader(Reading(sources=f"{unreadable}::{uneven.url}", batch_size=2, shuffle_buffer=4,
+                                        resampled=True, weights="20::1", epoch_samples=40),
+                                tokenizer=tokenizer, transform=ImageTransform(resolution=32), rank=0, world_size=1,
+                                seed=3)
     batches = [b["keys"] for b in loader]
     assert len(batches) == loader.batches_per_epoch == 20
     assert {k for b in batches for k in b} <= uneven.keys()

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from cnclip_scale.data.decode import decode_image
-from cnclip_scale.data.pipeline import build_eval_loader, build_train_loader
+from cnclip_scale.data.pipeline import Reading, build_eval_loader, build_train_loader
+from cnclip_scale.model.transforms import ImageTransform
 from cnclip_scale.shards.convert import Options, convert_split
 from cnclip_scale.shards.writer import Destination
 
@@ -69,8 +70,8 @@ def test_decode_image_scales_16_bit_to_8_bit():
 
 def test_training_batches_hold_the_8_bit_values(png16_shards, tokenizer):
     _, shards = png16_shards
-    loader = build_train_loader(shards, tokenizer=tokenizer, image_size=SIDE, batch_size=2, workers=0, rank=0,
-                                world_size=1, seed=0)
+    loader = build_train_loader(Reading(sources=shards, batch_size=2), tokenizer=tokenizer,
+                                transform=ImageTransform(resolution=SIDE), rank=0, world_size=1, seed=0)
     (batch,) = list(loader)
     assert _colours(batch["images"], batch["image_ids"]) == EXPECTED
     assert loader.stats()["corrupt_samples"] == 0

@@ -80,15 +80,16 @@ def _copy_with_manifest(uneven, tmp_path, edit):
 ])
 def test_an_impossible_manifest_is_one_line_naming_file_and_field(uneven, tokenizer, tmp_path, edit, field):
     """Issue 13 item 5: a negative count used to hang the trainer; a missing key was a KeyError traceback."""
-    from cnclip_scale.data.pipeline import build_train_loader
+    from cnclip_scale.data.pipeline import Reading, build_train_loader
+    from cnclip_scale.model.transforms import ImageTransform
 
     copy = _copy_with_manifest(uneven, tmp_path, edit)
     for spec in (str(copy), str(copy / "manifest.json"), f"{copy}/train-{{000000..000002}}.tar"):
         if "{" in spec and "shards" not in field:     # a pattern reads the manifest's entries too
             continue
         with pytest.raises(SourceError, match=rf"^{copy}/manifest\.json: .*{field}") as caught:
-            build_train_loader(spec, tokenizer=tokenizer, image_size=32, batch_size=2, workers=0, rank=0,
-                               world_size=1, seed=0)
+            build_train_loader(Reading(sources=spec, batch_size=2), tokenizer=tokenizer,
+                               transform=ImageTransform(resolution=32), rank=0, world_size=1, seed=0)
         assert "\n" not in str(caught.value)
 
 

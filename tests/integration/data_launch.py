@@ -19,7 +19,8 @@ def run_ranks(workdir, jobs: dict[str, dict], world: int = 2, timeout: float = 2
         json.dump(configs, f)
     base = {**os.environ, **(env or {}), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
             "WORLD_SIZE": str(world), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, RANK_SCRIPT, jobs_file], env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
+    procs = [subprocess.Popen([sys.executable, RANK_SCRIPT, jobs_file],
+                              env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(world)]
     try:
         logs = [p.communicate(timeout=timeout)[0] for p in procs]

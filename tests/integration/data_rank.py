@@ -11,16 +11,18 @@ import sys
 import torch
 import torch.distributed as dist
 
-from cnclip_scale.data.pipeline import build_train_loader
+from cnclip_scale.data.pipeline import Reading, build_train_loader
 from cnclip_scale.model.tokenizer import Tokenizer
+from cnclip_scale.model.transforms import ImageTransform
 
 
 def run_job(cfg: dict, tokenizer: Tokenizer) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
-    loader = build_train_loader(cfg["source"], tokenizer=tokenizer, image_size=32, batch_size=cfg["batch_size"],
-                                workers=cfg["workers"], rank=rank, world_size=world, seed=cfg["seed"],
-                                resampled=cfg["mode"] == "resampled", shuffle_buffer=cfg["shuffle_buffer"],
-                                epoch_samples=cfg.get("epoch_samples"), storage_options=cfg.get("storage_options"))
+    reading = Reading(sources=cfg["source"], batch_size=cfg["batch_size"], workers=cfg["workers"],
+                      resampled=cfg["mode"] == "resampled", shuffle_buffer=cfg["shuffle_buffer"],
+                      epoch_samples=cfg.get("epoch_samples"))
+    loader = build_train_loader(reading, tokenizer=tokenizer, transform=ImageTransform(resolution=32), rank=rank,
+                                world_size=world, seed=cfg["seed"], storage_options=cfg.get("storage_options"))
     if cfg.get("state_in"):
         loader.load_state_dict(json.load(open(cfg["state_in"])))
     taken, state = [], None

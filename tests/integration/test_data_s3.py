@@ -6,9 +6,10 @@ import pytest
 import torch
 import webdataset as wds
 
-from cnclip_scale.data.pipeline import build_eval_loader, build_train_loader
+from cnclip_scale.data.pipeline import Reading, build_eval_loader, build_train_loader
 from cnclip_scale.data.sources import SourceError, resolve_sources
 from cnclip_scale.model.tokenizer import Tokenizer
+from cnclip_scale.model.transforms import ImageTransform
 from integration.data_shards import build_shard_set
 
 pytestmark = pytest.mark.integration
@@ -33,13 +34,13 @@ def _take(loader):
 
 def test_train_loader_reads_the_same_from_s3_in_workers(both):
     local, remote, options = both
-    args = dict(tokenizer=Tokenizer(), image_size=32, batch_size=4, workers=2, rank=0, world_size=1, seed=5,
-                shuffle_buffer=4)
+    args = dict(tokenizer=Tokenizer(), transform=ImageTransform(resolution=32), rank=0, world_size=1, seed=5)
+    shape = dict(batch_size=4, workers=2, shuffle_buffer=4)
     pattern = f"{remote.url}/train-{{000000..000002}}.tar"             # brace pattern, counts from the manifest
-    from_s3 = build_train_loader(pattern, storage_options=options, **args)
+    from_s3 = build_train_loader(Reading(sources=pattern, **shape), storage_options=options, **args)
     assert from_s3.mp_context.get_start_method() == "forkserver"     # no fork of a process that touched S3
     keys_s3, images_s3 = _take(from_s3)
-    keys_local, images_local = _take(build_train_loader(local.url, **args))
+    keys_local, images_local = _take(build_train_loader(Reading(sources=local.url, **shape), **args))
     assert keys_s3 == keys_local and sorted(k for b in keys_s3 for k in b) == sorted(local.keys())
     assert torch.equal(images_s3, images_local)
     assert from_s3.stats()["corrupt_samples"] == 0

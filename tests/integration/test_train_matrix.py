@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from cnclip_scale.checkpoints import load_model, read_checkpoint
 from cnclip_scale.launch_env import free_port
-from cnclip_scale.model import build_model, load_model, model_config, read_checkpoint
+from cnclip_scale.model import build_model, model_config
 from cnclip_scale.model.configs import TINY
 from cnclip_scale.model.weights import write_checkpoint
 from cnclip_scale.testing.train_runs import make_tiny_shards, read_keys, read_metrics, train_env
@@ -116,7 +117,11 @@ def test_logit_scale_clamp_holds_in_the_fp32_master(runs, name):
     sd, _, _ = read_checkpoint(out / "checkpoints")  # the fp32 master weights, assembled from the ZeRO partitions
     assert sd["logit_scale"].item() <= math.log(100) + 1e-6
     assert sd["logit_scale"].item() > 4.5  # it was 4.9, moved by lr 1e-5: only the clamp explains the drop
-    assert all(m["logit_scale"] <= math.log(100) + 1e-6 for m in read_metrics(out))
+    # The log reports the clamped master, not the module's half copy or an unclamped value: at the last step (when the
+    # checkpoint was written) it equals the master the checkpoint holds. (Asserting the logged value <= ln 100 alone
+    # could not fail: the loop logs what the clamp returns, whether or not the clamp reached the master.)
+    last = read_metrics(out)[-1]
+    assert last["step"] == 3 and last["logit_scale"] == pytest.approx(sd["logit_scale"].item(), abs=1e-6)
 
 
 def test_non_finite_loss_stops_with_the_last_good_checkpoint(runs):

@@ -16,6 +16,7 @@ sys.path.insert(0, str(REPO))
 import torch.distributed as dist  # noqa: E402
 
 from cnclip_scale.train import loop  # noqa: E402
+from cnclip_scale.train import step as step_module  # noqa: E402
 from cnclip_scale.train.config import load_config  # noqa: E402
 
 
@@ -29,7 +30,7 @@ def copy_checkpoint(src_dir: Path, dst_dir: Path, step: int) -> None:
 
 def nan_after(step: int):
     """Wrap the loss so that its value becomes NaN from call ``step`` on (a fault no real input can plant on CPU)."""
-    original, calls = loop.clip_loss, {"n": 0}
+    original, calls = step_module.clip_loss, {"n": 0}
 
     def poisoned(*args, **kwargs):
         out = original(*args, **kwargs)
@@ -53,7 +54,7 @@ def allow_software_fp16() -> None:
 def main(plan_path: str) -> None:
     plan = json.loads(Path(plan_path).read_text())
     allow_software_fp16()
-    original_loss = loop.clip_loss
+    original_loss = step_module.clip_loss
     for scenario in plan:
         cfg = load_config(REPO / "configs/tiny-cpu.yaml", scenario["overrides"])
         out = Path(cfg.train.output_dir)
@@ -61,7 +62,7 @@ def main(plan_path: str) -> None:
             if dist.get_rank() == 0:
                 copy_checkpoint(Path(scenario["resume_from"]["dir"]), out, scenario["resume_from"]["step"])
             dist.barrier()
-        loop.clip_loss = nan_after(scenario["nan_at_step"]) if "nan_at_step" in scenario else original_loss
+        step_module.clip_loss = nan_after(scenario["nan_at_step"]) if "nan_at_step" in scenario else original_loss
         try:
             result = {"ok": True, **loop.train(cfg)}
         except loop.NonFiniteLoss as e:

@@ -22,6 +22,7 @@ from safetensors.torch import save_file  # noqa: E402
 from cnclip_scale import comm  # noqa: E402
 from cnclip_scale.model import build_model, model_config  # noqa: E402
 from cnclip_scale.model.configs import TINY  # noqa: E402
+from cnclip_scale.train import checkpoint as ckpt  # noqa: E402
 from cnclip_scale.train import engine as eng  # noqa: E402
 from cnclip_scale.train.config import load_config  # noqa: E402
 from cnclip_scale.train.loss import clip_loss  # noqa: E402
@@ -84,10 +85,10 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         if args.load_from:
             root = Path(args.load_from) / f"stage{stage}" / "checkpoints"
-            assert eng.needs_universal(root, "step00000003")
-            eng.to_universal(root, "step00000003")
+            assert ckpt.needs_universal(root, "step00000003")
+            ckpt.to_universal(root, "step00000003")
             engine = build(stage, universal=True)
-            client, _ = eng.load(engine, root, "step00000003")
+            client, _ = ckpt.load(engine, root, "step00000003")
             assert client["step"] == 3
             train_step(engine, 4)
             state = full_state(engine)
@@ -96,7 +97,7 @@ def main() -> None:
         engine = build(stage, universal=False)
         for step in (1, 2, 3):
             train_step(engine, step)
-        eng.save(engine, out, 3, {"step": 3}, {"data": {}}, keep_last=1)
+        ckpt.save(engine, out, 3, {"step": 3}, {"data": {}}, keep_last=1)
         train_step(engine, 4)
         state = full_state(engine)
         if rank == 0:

@@ -5,9 +5,10 @@ import tarfile
 
 import pytest
 import webdataset as wds
-
-from cnclip_scale.testing.seed_data import write_seed_split
 from conftest import convert, image_samples, read_tar_samples, reject_tuples, run_inspect, run_tool, shard_paths
+
+from cnclip_scale.shards.convert import Options
+from cnclip_scale.testing.seed_data import write_seed_split
 
 
 def test_every_bad_kind_is_rejected_with_its_reason_and_nothing_else(bad_seed, tmp_path):
@@ -202,3 +203,12 @@ def test_a_src_that_is_a_file_is_reported_as_a_file(clean_seed, tmp_path):
     assert result.stderr.strip() == (f"to_shards: error: --src {root / 'train_imgs.tsv'} is a file, not a folder: "
                                      f"pass the folder that holds train_imgs.tsv and train_texts.jsonl (or lmdb/)")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad", [{"group": "text"}, {"source_kind": "csv"}])
+def test_options_refuse_a_mode_they_do_not_have(bad):
+    # group="text" used to be accepted and wrote image shards under a manifest claiming "text"
+    key, value = next(iter(bad.items()))
+    with pytest.raises(ValueError, match=f"Options.{key}: '{value}' is not one of"):
+        Options(**bad)
+    assert Options(group="pair", source_kind="lmdb").group == "pair"

@@ -3,7 +3,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnclip_scale.train.config import ConfigError, load_config, save_config
+from cnclip_scale.train.config import (
+    ConfigError,
+    DataCfg,
+    OptimCfg,
+    RunConfig,
+    check_config,
+    load_config,
+    save_config,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,3 +112,46 @@ def test_config_error_is_a_user_error():
     from cnclip_scale.errors import UserError
 
     assert issubclass(ConfigError, UserError) and issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("deepspeed.precision=FP16", "deepspeed.precision: 'FP16' is not one of fp16, bf16, fp32"),
+    ("deepspeed.zero_stage=4", "deepspeed.zero_stage: '4' is not one of 0, 1, 2, 3"),
+    ("deepspeed.zero_stage=two", "deepspeed.zero_stage: 'two' is not one of 0, 1, 2, 3"),
+])
+def test_modes_are_checked_against_their_literal_on_load(override, message):
+    with pytest.raises(ConfigError, match=f"^override {message}$"):
+        load_config(None, [override])
+
+
+def test_modes_from_yaml_keep_their_type(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("deepspeed:\n  zero_stage: 3\n  precision: fp16\n")
+    cfg = load_config(path)
+    assert cfg.deepspeed.zero_stage == 3 and cfg.deepspeed.precision == "fp16"
+    path.write_text("deepspeed:\n  zero_stage: true\n")  # YAML's true is not stage 1
+    with pytest.raises(ConfigError, match="deepspeed.zero_stage: True is not one of"):
+        load_config(path)
+
+
+def test_a_config_built_in_code_is_checked_too():
+    cfg = RunConfig()
+    cfg.deepspeed.precision = "fp8"
+    with pytest.raises(ConfigError, match="deepspeed.precision: 'fp8' is not one of"):
+        check_config(cfg)
+
+
+def test_sections_are_built_by_keyword():
+    with pytest.raises(TypeError):
+        OptimCfg(1e-4)  # a positional value would silently land on whichever field comes first
+    assert DataCfg(batch_size=4).batch_size == 4
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.name=ViT-Tiny-16@nope", "model.name: unknown text tower"),
+    ("model.image_size=30", "model.image_size: 30 is not a multiple of the patch size 16"),
+    ("model.context_length=600", "model.context_length: 600 is more than the 128 positions"),
+])
+def test_model_settings_the_towers_cannot_take_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["model.name=ViT-Tiny-16@RoBERTa-Tiny-chinese", override])

@@ -1,21 +1,12 @@
 """The engine helpers the training step calls, without an engine: the finiteness watch, the fp32 temperature, and
-the checkpoint folder rules (resume pointers, pruning)."""
+the DeepSpeed config (generated, and merged with a user's JSON)."""
 import json
 import math
-from pathlib import Path
 
-import pytest
 import torch
 
-from cnclip_scale.errors import UserError
-from cnclip_scale.train.engine import (
-    FiniteWatch,
-    ResumeError,
-    find_resume,
-    fp32_temperature,
-    prune,
-    to_universal,
-)
+from cnclip_scale.train.config import load_config
+from cnclip_scale.train.engine import FiniteWatch, ds_config, fp32_temperature
 
 
 def test_finite_watch_names_the_first_bad_step_and_only_when_asked():
@@ -40,101 +31,29 @@ def test_fp32_temperature_has_the_fp32_value_and_the_models_gradient():
     assert param.grad is not None and param.grad.item() == (2 * scale).item()
 
 
-# --------------------------------------------------------------- resume pointers resolve inside the run, or are refused
+def test_ds_config_follows_the_run_config():
+    cfg = load_config(None, ["data.batch_size=6", "deepspeed.precision=fp16", "deepspeed.zero_stage=3",
+                             "optim.grad_clip=0.5", "deepspeed.initial_scale_power=12"])
+    config = ds_config(cfg, world_size=4)
+    assert config["train_micro_batch_size_per_gpu"] == 6 and config["train_batch_size"] == 24
+    assert config["gradient_accumulation_steps"] == 1 and config["gradient_clipping"] == 0.5
+    assert config["zero_optimization"] == {"stage": 3}
+    assert config["fp16"]["enabled"] and config["fp16"]["loss_scale"] == 0
+    assert config["fp16"]["initial_scale_power"] == 12
+    assert not config["bf16"]["enabled"]
 
 
-def _run_with_tag(tmp_path: Path, tag: str = "step00000004", ranks: int = 1) -> Path:
-    """A run folder laid out as ``save`` leaves it (the DeepSpeed files themselves play no part here)."""
-    root = tmp_path / "run" / "checkpoints"
-    (root / tag).mkdir(parents=True)
-    for r in range(ranks):
-        (root / tag / f"rank{r:05d}_state.json").write_text(json.dumps({"data": {}, "rng": {}}))
-    (root / "latest").write_text(tag)
-    return tmp_path / "run"
-
-
-def test_resume_error_is_a_user_error():
-    assert issubclass(ResumeError, UserError)
-
-
-def test_latest_resolves_to_its_tag(tmp_path):
-    run = _run_with_tag(tmp_path)
-    assert find_resume("auto", run) == (run / "checkpoints", "step00000004")
-
-
-@pytest.mark.parametrize("pointer", ["../../victim", "/etc", "..", ".", "step1/../../victim", "sub/step1"])
-def test_latest_naming_a_path_outside_the_checkpoint_folder_is_refused(tmp_path, pointer):
-    victim = tmp_path / "victim"
-    (victim / "universal" / "x").mkdir(parents=True)
-    run = _run_with_tag(tmp_path)
-    (run / "checkpoints" / "latest").write_text(pointer)
-    with pytest.raises(ResumeError, match="not a checkpoint tag inside"):
-        find_resume("auto", run)
-    assert (victim / "universal" / "x").is_dir()
-
-
-def test_a_tag_that_is_a_symlink_out_of_the_folder_is_refused(tmp_path):
-    victim = tmp_path / "victim"
-    victim.mkdir()
-    run = _run_with_tag(tmp_path)
-    (run / "checkpoints" / "step00000009").symlink_to(victim)
-    (run / "checkpoints" / "latest").write_text("step00000009")
-    with pytest.raises(ResumeError, match="not a checkpoint tag inside"):
-        find_resume("auto", run)
-
-
-def test_empty_latest_and_missing_tag_are_refused(tmp_path):
-    run = _run_with_tag(tmp_path)
-    latest = run / "checkpoints" / "latest"
-    latest.write_text("")
-    with pytest.raises(ResumeError, match=f"{latest} is empty"):
-        find_resume("auto", run)
-    latest.write_text("step00000099\n")
-    with pytest.raises(ResumeError, match=f"{latest} points to 'step00000099' but .*step00000099 does not exist"):
-        find_resume("auto", run)
-
-
-def test_truncated_rank_state_is_refused_before_any_rank_starts(tmp_path):
-    run = _run_with_tag(tmp_path, ranks=2)
-    state = run / "checkpoints" / "step00000004" / "rank00001_state.json"
-    state.write_text(state.read_text()[:7])
-    with pytest.raises(ResumeError, match=f"{state}: not a complete rank state"):
-        find_resume("auto", run)
-    for f in state.parent.glob("rank*_state.json"):
-        f.unlink()
-    with pytest.raises(ResumeError, match="no rank.*_state.json"):
-        find_resume("auto", run)
-
-
-def test_prune_deletes_only_the_runs_own_old_tags(tmp_path):
-    run = _run_with_tag(tmp_path, "step00000001")
-    root = run / "checkpoints"
-    for tag in ("step00000002", "step00000003"):
-        _run_with_tag(tmp_path / tag, tag)
-        (tmp_path / tag / "run" / "checkpoints" / tag).rename(root / tag)
-        (root / "universal" / tag).mkdir(parents=True)
-    (root / "step_notes").mkdir()              # the user's, named like a tag but not one
-    (root / "step00000000").mkdir()            # tag-named, but without the files this trainer writes in every tag
-    (root / "step00000000" / "keep.txt").write_text("user data")
-    prune(root, keep_last=1)
-    assert sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "universal") == \
-        ["step00000000", "step00000003", "step_notes"]
-    assert [p.name for p in (root / "universal").iterdir()] == ["step00000003"]
-    assert (root / "step00000000" / "keep.txt").read_text() == "user data"
-
-
-def test_prune_refuses_keep_last_below_one(tmp_path):
-    run = _run_with_tag(tmp_path)
-    with pytest.raises(ValueError):
-        prune(run / "checkpoints", keep_last=0)
-    assert (run / "checkpoints" / "step00000004").is_dir()
-
-
-def test_to_universal_never_touches_a_path_outside_the_checkpoint_folder(tmp_path):
-    victim = tmp_path / "victim"
-    victim.mkdir()
-    (victim / "precious").write_text("x")
-    run = _run_with_tag(tmp_path)
-    with pytest.raises(ResumeError, match="not a checkpoint tag inside"):
-        to_universal(run / "checkpoints", "../../../victim")
-    assert (victim / "precious").exists()
+def test_a_users_deepspeed_json_wins_field_by_field_except_the_batch_sizes(tmp_path):
+    user = tmp_path / "ds.json"
+    user.write_text(json.dumps({
+        "train_batch_size": 999, "train_micro_batch_size_per_gpu": 999, "gradient_accumulation_steps": 4,
+        "zero_optimization": {"offload_optimizer": {"device": "cpu"}},   # merged into ours, stage kept
+        "bf16": {"enabled": True}, "gradient_clipping": 2.0}))
+    cfg = load_config(None, ["data.batch_size=8", "deepspeed.precision=fp32", f"deepspeed.config={user}"])
+    config = ds_config(cfg, world_size=2)
+    # the batch sizes stay data.batch_size's: the loader and the engine must agree on them
+    assert (config["train_micro_batch_size_per_gpu"], config["train_batch_size"],
+            config["gradient_accumulation_steps"]) == (8, 16, 1)
+    assert config["zero_optimization"] == {"stage": 2, "offload_optimizer": {"device": "cpu"}}
+    assert config["bf16"] == {"enabled": True} and config["gradient_clipping"] == 2.0
+    assert config["fp16"]["enabled"] is False  # a block the user left alone keeps our values

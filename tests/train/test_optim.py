@@ -1,7 +1,6 @@
 import math
 
 import pytest
-import torch
 
 from cnclip_scale.model import build_model, model_config
 from cnclip_scale.model.configs import TINY
@@ -23,7 +22,8 @@ def test_no_decay_covers_norms_biases_tokens_and_scale(model):
                  "logit_scale", "visual.blocks.0.attn.qkv.bias", "bert.encoder.layer.0.intermediate.dense.bias"):
         assert name in names and name in skip, name
     for name in ("bert.embeddings.word_embeddings.weight", "visual.blocks.0.attn.qkv.weight", "visual.head.weight",
-                 "text_projection", "visual.patch_embed.proj.weight", "bert.encoder.layer.0.attention.self.query.weight"):
+                 "text_projection", "visual.patch_embed.proj.weight",
+                 "bert.encoder.layer.0.attention.self.query.weight"):
         assert name in names and name not in skip, name
     groups = param_groups(model, 0.1)
     assert sum(len(g["params"]) for g in groups) == len(names)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from itertools import starmap
 from dataclasses import dataclass, field
+from itertools import starmap
 
 from cnclip_scale.data import seed_formats as sf
 
