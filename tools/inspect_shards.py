@@ -1,11 +1,11 @@
-#!/usr/bin/env python3
-"""Counts, sha256 check, sample preview and contact sheet for shards written by to_shards.py."""
-import os
+#!/usr/bin/env python
+"""Counts, sha256 check, sample preview and contact sheet for shards: `cnclip inspect`."""
 import sys
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout runs it without installing the package
 
-from cnclip_scale.shards.inspect import main  # noqa: E402
+from cnclip_scale.cli.inspect import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

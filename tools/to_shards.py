@@ -1,11 +1,11 @@
-#!/usr/bin/env python3
-"""Seed TSV/JSONL or Chinese-CLIP LMDB -> WebDataset shards on disk or S3. See docs/to_shards.md."""
-import os
+#!/usr/bin/env python
+"""Seed TSV/JSONL or Chinese-CLIP LMDB -> WebDataset shards: `cnclip to-shards`. See docs/to_shards.md."""
 import sys
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout runs it without installing the package
 
-from cnclip_scale.shards.cli import main  # noqa: E402
+from cnclip_scale.cli.to_shards import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

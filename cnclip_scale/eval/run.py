@@ -1,7 +1,7 @@
 """The evaluator: embed a split on every rank, rank both directions exactly, score recall, write outputs.
 
-``evaluate_retrieval`` is what the trainer calls inside its process group; ``run_evaluation`` is
-``launch/evaluate.py`` (sets up its own process group from the launcher's environment, writes files).
+``evaluate_retrieval`` is what the trainer calls inside its process group; ``run_evaluation(EvalConfig)`` is
+``cnclip evaluate`` (sets up its own process group from the launcher's environment, writes files).
 Two modes: all-gather (every rank holds all features; queries split over ranks on a fixed grid) and
 gallery-sharded (image features stay on their rank; local top-k candidates are gathered and merged).
 """
@@ -18,6 +18,7 @@ import torch
 from cnclip_scale import comm
 from cnclip_scale.errors import UserError
 from cnclip_scale.eval import outputs, report, zeroshot
+from cnclip_scale.eval.config import EvalConfig
 from cnclip_scale.eval.embed import Split, embed_split, eval_mode, gather_images
 from cnclip_scale.eval.retrieval import recall, sharded_topk, split_topk, topk
 
@@ -91,15 +92,10 @@ def evaluate_retrieval(model, data, tokenizer, *, device=None, dtype=None, top_k
 def load_model_once(checkpoint, device: torch.device):
     """The checkpoint's model on every rank. A DeepSpeed checkpoint is assembled into fp32 from every ZeRO partition
     (all optimizer states read): rank 0 does that once and broadcasts the weights, rather than every rank alone."""
+    from cnclip_scale.checkpoints import WeightsError, detect_format, load_model, read_checkpoint
     from cnclip_scale.model.clip import build_model
     from cnclip_scale.model.configs import CLIPConfig
-    from cnclip_scale.model.weights import (
-        WeightsError,
-        detect_format,
-        load_model,
-        load_native_into,
-        read_checkpoint,
-    )
+    from cnclip_scale.model.weights import load_native_into
 
     if comm.world() == 1 or detect_format(checkpoint) != "deepspeed":
         return load_model(checkpoint).to(device)
@@ -121,9 +117,9 @@ def load_model_once(checkpoint, device: torch.device):
     return model
 
 
-def _write_features(args, res: Retrieval, out: str) -> None:
+def _write_features(cfg: EvalConfig, res: Retrieval, out: str) -> None:
     s, me, w = res.split, comm.rank(), comm.world()
-    imgs, txts = f"{args.split}_imgs", f"{args.split}_texts"
+    imgs, txts = f"{cfg.split}_imgs", f"{cfg.split}_texts"
     local_ids = [s.image_ids[i] for i in s.image_index.tolist()]
     if res.image_feats is not None:
         if me == 0:
@@ -132,7 +128,7 @@ def _write_features(args, res: Retrieval, out: str) -> None:
         outputs.save_npy(out, f"{imgs}.part{me:05d}-of-{w:05d}", "img", s.image_feats, local_ids)
     if me == 0:
         outputs.save_npy(out, txts, "txt", s.text_feats, s.text_ids)
-    if not args.save_features:
+    if not cfg.save_features:
         return
     path = os.path.join(out, f"{imgs}.img_feat.jsonl")
     if res.image_feats is not None:
@@ -147,9 +143,9 @@ def _write_features(args, res: Retrieval, out: str) -> None:
         outputs.write_features_jsonl(os.path.join(out, f"{txts}.txt_feat.jsonl"), "text_id", s.text_ids, s.text_feats)
 
 
-def _report(args, res: Retrieval, zs: dict | None, facts: dict, out: str) -> None:
+def _report(cfg: EvalConfig, res: Retrieval, zs: dict | None, facts: dict, out: str) -> None:
     """Rank 0 picks the queries; each rank sends the thumbnails it holds of the images shown."""
-    s, k = res.split, min(args.top_k, RECALL_K)
+    s, k = res.split, min(cfg.top_k, RECALL_K)
     has_text = torch.bincount(s.gt_image, minlength=len(s.image_ids)).gt(0).tolist()
     text_q, image_q = report.pick_queries(len(s.texts), len(s.image_ids), has_text)
     truth = set(zip(s.gt_text.tolist(), s.gt_image.tolist()))
@@ -160,11 +156,13 @@ def _report(args, res: Retrieval, zs: dict | None, facts: dict, out: str) -> Non
         thumbs.update(part)
     if comm.rank() != 0:
         return
-    texts = [(s.text_ids[t], s.texts[t], [(s.image_ids[g], (t, g) in truth) for g in res.t2i_index[t, :k].tolist() if g >= 0])
+    texts = [(s.text_ids[t], s.texts[t],
+              [(s.image_ids[g], (t, g) in truth) for g in res.t2i_index[t, :k].tolist() if g >= 0])
              for t in text_q]
-    images = [(s.image_ids[i], [(s.texts[t], (t, i) in truth) for t in res.i2t_index[i, :report.TEXTS_SHOWN].tolist() if t >= 0])
+    images = [(s.image_ids[i],
+               [(s.texts[t], (t, i) in truth) for t in res.i2t_index[i, :report.TEXTS_SHOWN].tolist() if t >= 0])
               for i in image_q]
-    page = report.render(title=f"cnclip_scale evaluation — {args.split}", facts=facts, t2i=res.t2i, i2t=res.i2t,
+    page = report.render(title=f"cnclip_scale evaluation — {cfg.split}", facts=facts, t2i=res.t2i, i2t=res.i2t,
                          zeroshot=zs, text_queries=texts, image_queries=images, thumbs=thumbs)
     Path(out, "report.html").write_text(page, encoding="utf-8")
 
@@ -178,7 +176,8 @@ def _check_data(spec: str) -> None:
         # a brace pattern, a shard or a manifest is checked through its folder
         folder = part.split("{")[0].rsplit("/", 1)[0] if "{" in part or part.endswith((".tar", ".json")) else part
         if "://" not in part or part.startswith("file://"):
-            if not os.path.exists(part.removeprefix("file://") if "{" not in part else (folder.removeprefix("file://") or ".")):
+            local = part.removeprefix("file://") if "{" not in part else (folder.removeprefix("file://") or ".")
+            if not os.path.exists(local):
                 raise UserError(f"--data: {part}: no such file or directory")
             continue
         import fsspec
@@ -194,27 +193,27 @@ def _check_data(spec: str) -> None:
             raise UserError(f"--data: {describe_storage_error(e, part, 'read')}") from None
 
 
-def preflight(args) -> tuple[list[str] | None, list[str] | None]:
+def preflight(cfg: EvalConfig) -> tuple[list[str] | None, list[str] | None]:
     """What can be checked before the ranks start, on every rank alike (so a bad argument is one line from rank 0,
     exit 2 everywhere): counts, the checkpoint's and the data's paths, the zero-shot files. Returns the zero-shot
     class names and templates (None when not asked for)."""
-    from cnclip_scale.model.weights import detect_format
+    from cnclip_scale.checkpoints import detect_format
 
     for option, least in (("top_k", 1), ("batch_size", 1), ("context_length", 1), ("workers", 0),
                           ("thumbs_limit", 0)):
-        value = getattr(args, option)
+        value = getattr(cfg, option)
         if value < least:
             raise UserError(f"--{option.replace('_', '-')}: must be {'at least 1' if least else '0 or more'}, "
                             f"got {value}")
     try:
-        detect_format(args.checkpoint)
+        detect_format(cfg.checkpoint)
     except UserError as e:
         raise UserError(f"--checkpoint: {e}") from None
-    _check_data(args.data)
+    _check_data(cfg.data)
     classes = templates = None
-    if args.zeroshot_classes:
-        classes = _read_list("--zeroshot-classes", args.zeroshot_classes, "class names")
-        templates = _read_list("--templates", args.templates, "templates") if args.templates else zeroshot.TEMPLATES
+    if cfg.zeroshot_classes:
+        classes = _read_list("--zeroshot-classes", cfg.zeroshot_classes, "class names")
+        templates = _read_list("--templates", cfg.templates, "templates") if cfg.templates else zeroshot.TEMPLATES
     return classes, templates
 
 
@@ -232,25 +231,27 @@ def _read_list(option: str, path: str, what: str) -> list[str]:
     return lines
 
 
-def run_evaluation(args) -> dict:
-    """``launch/evaluate.py``: see its ``--help``. Returns the summary (every rank)."""
+def run_evaluation(cfg: EvalConfig) -> dict:
+    """``cnclip evaluate`` (see its ``--help``): checks ``cfg`` before any process group starts, then evaluates on
+    every rank of the launcher's job. Returns the summary (every rank)."""
     from cnclip_scale.data.pipeline import build_eval_loader
     from cnclip_scale.model.tokenizer import Tokenizer
 
-    classes, templates = preflight(args)
+    classes, templates = preflight(cfg)
     info, device, created = comm.start(use_deepspeed=False)
     try:
         times = {}
         t0 = time.perf_counter()
         dtype = {"auto": default_dtype(device), "fp32": torch.float32, "fp16": torch.float16,
-                 "bf16": torch.bfloat16}[args.precision]
-        model = load_model_once(args.checkpoint, device)
-        ckpt_dir = args.checkpoint if os.path.isdir(args.checkpoint) else None
-        tokenizer = Tokenizer.for_model_dir(ckpt_dir, min(args.context_length, model.config.text.max_position_embeddings))
+                 "bf16": torch.bfloat16}[cfg.precision]
+        model = load_model_once(cfg.checkpoint, device)
+        ckpt_dir = cfg.checkpoint if os.path.isdir(cfg.checkpoint) else None
+        context_length = min(cfg.context_length, model.config.text.max_position_embeddings)
+        tokenizer = Tokenizer.for_model_dir(ckpt_dir, context_length)
         try:  # every rank resolves the same sources, so all raise alike
-            loader = build_eval_loader(args.data, image_size=model.image_size, batch_size=args.batch_size,
-                                       workers=args.workers, rank=comm.rank(), world_size=comm.world(),
-                                       split=args.split)
+            loader = build_eval_loader(cfg.data, image_size=model.image_size, batch_size=cfg.batch_size,
+                                       workers=cfg.workers, rank=comm.rank(), world_size=comm.world(),
+                                       split=cfg.split)
         except UserError:
             raise
         except (ValueError, FileNotFoundError) as e:  # no manifest or shards, a seed file missing for this split
@@ -258,52 +259,54 @@ def run_evaluation(args) -> dict:
         times["load"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         try:
-            res = retrieve(model, loader, tokenizer, device=device, dtype=dtype, top_k=args.top_k,
-                           gallery_sharded=args.gallery_sharded, thumbs_limit=0 if args.no_report else args.thumbs_limit)
+            res = retrieve(model, loader, tokenizer, device=device, dtype=dtype, top_k=cfg.top_k,
+                           gallery_sharded=cfg.gallery_sharded,
+                           thumbs_limit=cfg.thumbs_limit if cfg.write_report else 0)
         except NothingToScore as e:
-            message = f"split {args.split!r} {e}"
+            message = f"split {cfg.split!r} {e}"
             if comm.rank() == 0:  # the seed's tools read output.json: say it failed rather than score 0
-                os.makedirs(args.output, exist_ok=True)
+                os.makedirs(cfg.output, exist_ok=True)
                 for name in ("output.json", "output_tr.json"):
-                    outputs.write_json(os.path.join(args.output, name), outputs.seed_error(message))
+                    outputs.write_json(os.path.join(cfg.output, name), outputs.seed_error(message))
             raise NothingToScore(message) from None
         times["embed_and_rank"] = time.perf_counter() - t0
         zs = None
         if classes:
             class_feats = zeroshot.class_embeddings(model, tokenizer, classes, templates, device=device, dtype=dtype)
             local_ids = [res.split.image_ids[i] for i in res.split.image_index.tolist()]
-            zs = zeroshot.zeroshot_accuracy(res.split.image_feats, local_ids, res.split.local_captions, class_feats, classes)
+            zs = zeroshot.zeroshot_accuracy(res.split.image_feats, local_ids, res.split.local_captions, class_feats,
+                                            classes)
             zs["templates"] = len(templates)
 
-        out = args.output
+        out = cfg.output
         os.makedirs(out, exist_ok=True)
         t0 = time.perf_counter()
         s = res.split
-        _write_features(args, res, out)
+        _write_features(cfg, res, out)
         loader_stats = {}
         for part in comm.gather_objects(s.loader_stats):
             for name, n in part.items():
                 loader_stats[name] = loader_stats.get(name, 0) + n
         summary = {
-            "split": args.split, "checkpoint": str(args.checkpoint), "data": str(args.data),
+            "split": cfg.split, "checkpoint": str(cfg.checkpoint), "data": str(cfg.data),
             "model": model.config.name, "images": len(s.image_ids), "texts": len(s.texts),
-            "pairs": int(s.gt_text.numel()), "top_k": args.top_k, "t2i": res.t2i, "i2t": res.i2t,
+            "pairs": int(s.gt_text.numel()), "top_k": cfg.top_k, "t2i": res.t2i, "i2t": res.i2t,
             "zeroshot": zs, "world_size": comm.world(), "launcher": info.launcher, "device": str(device),
-            "dtype": str(dtype).removeprefix("torch."), "gallery_sharded": bool(args.gallery_sharded),
+            "dtype": str(dtype).removeprefix("torch."), "gallery_sharded": bool(cfg.gallery_sharded),
             "loader": loader_stats, "torch": torch.__version__,
         }
         if comm.rank() == 0:
-            k = args.top_k
-            outputs.write_predictions(os.path.join(out, f"{args.split}_predictions.jsonl"), "text_id", "image_ids",
+            k = cfg.top_k
+            outputs.write_predictions(os.path.join(out, f"{cfg.split}_predictions.jsonl"), "text_id", "image_ids",
                                       s.text_ids, s.image_ids, res.t2i_index, k)
-            outputs.write_predictions(os.path.join(out, f"{args.split}_tr_predictions.jsonl"), "image_id", "text_ids",
+            outputs.write_predictions(os.path.join(out, f"{cfg.split}_tr_predictions.jsonl"), "image_id", "text_ids",
                                       s.image_ids, s.text_ids, res.i2t_index, k)
-            outputs.write_reference(os.path.join(out, f"{args.split}_texts.reference.jsonl"), s)
+            outputs.write_reference(os.path.join(out, f"{cfg.split}_texts.reference.jsonl"), s)
             outputs.write_json(os.path.join(out, "output.json"), outputs.seed_score(res.t2i))
             outputs.write_json(os.path.join(out, "output_tr.json"), outputs.seed_score(res.i2t))
-        if not args.no_report:
+        if cfg.write_report:
             facts = {k: summary[k] for k in ("model", "images", "texts", "world_size", "device", "dtype")}
-            _report(args, res, zs, facts, out)
+            _report(cfg, res, zs, facts, out)
         times["write"] = time.perf_counter() - t0
         summary["timings_s"] = {k: round(v, 3) for k, v in times.items()}
         if comm.rank() == 0:

@@ -1,22 +1,20 @@
-"""`python tools/inspect_shards.py URL-or-manifest [--verify] [--show N] [--montage out.png]`
+"""What `cnclip inspect` (``python tools/inspect_shards.py``) does with a split written by to_shards.
 
-Reads a split written by to_shards (local or any fsspec URL): prints its counts, checks every shard is
-there at its recorded size (and with --verify, its sha256 and sample count against the stats),
-decodes N samples and prints id and captions, and draws a PNG contact sheet.
+Reads a split (local or any fsspec URL): prints its counts, checks every shard is there at its recorded size (and
+with ``verify``, its sha256 and sample count against the stats), decodes N samples and prints id and captions, and
+draws a PNG contact sheet.
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import hashlib
 import io
 import json
-import sys
 import tarfile
-from typing import Iterator
+from collections.abc import Iterator
 
-from cnclip_scale.data.manifest import ManifestError, check_manifest, check_stats
-from cnclip_scale.shards.writer import Destination, DestinationError, describe_storage_error
+from cnclip_scale.data.manifest import check_manifest, check_stats
+from cnclip_scale.shards.writer import Destination, DestinationError
 
 THUMB = 160
 
@@ -61,18 +59,19 @@ def verify_shard(dest: Destination, split: str, entry: dict) -> list[str]:
     stats = {} if stats is None else check_stats(stats, dest.path(stats_rel))
     problems = []
     for what, got, want in (("sha256", sha.hexdigest(), entry["sha256"]), ("bytes", size, entry["bytes"]),
-                            ("samples", samples, entry["samples"]), ("stats sha256", sha.hexdigest(), stats.get("sha256"))):
+                            ("samples", samples, entry["samples"]),
+                            ("stats sha256", sha.hexdigest(), stats.get("sha256"))):
         if got != want:
             problems.append(f"{entry['shard']}: {what} {got} != recorded {want}")
     return problems
 
 
 def _cjk_font(size: int):
-    from PIL import ImageFont
-
     import matplotlib  # its font list covers fonts installed the usual ways
-    candidates = [p for pattern in ("/usr/share/fonts/**/*CJK*", "/usr/share/fonts/**/*wqy*", "/usr/share/fonts/**/*Hei*",
-                                    "/usr/share/fonts/**/*Song*") for p in glob.glob(pattern, recursive=True)]
+    from PIL import ImageFont
+    patterns = ("/usr/share/fonts/**/*CJK*", "/usr/share/fonts/**/*wqy*", "/usr/share/fonts/**/*Hei*",
+                "/usr/share/fonts/**/*Song*")
+    candidates = [p for pattern in patterns for p in glob.glob(pattern, recursive=True)]
     candidates += [p for p in glob.glob(matplotlib.get_data_path() + "/fonts/ttf/*") if "CJK" in p]
     for path in candidates:
         try:
@@ -109,32 +108,21 @@ def montage(samples: list[dict], out_path: str, columns: int = 4) -> bool:
     return font is not None
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="inspect_shards", description=__doc__.splitlines()[0])
-    p.add_argument("url", help="split folder (local or s3://...) or its manifest.json")
-    p.add_argument("--verify", action="store_true", help="re-hash every shard and count its samples")
-    p.add_argument("--show", type=int, default=0, metavar="N", help="decode N samples and print id and captions")
-    p.add_argument("--montage", metavar="OUT.png", help="write a contact sheet of the shown samples (16 if --show 0)")
-    p.add_argument("--storage-options", default=None, help="JSON for fsspec (endpoint_url, key, secret)")
-    args = p.parse_args(argv)
-    url = args.url[: -len("manifest.json")] if args.url.endswith("manifest.json") else args.url
+def open_split(url: str, storage_options: dict) -> tuple[Destination, str, dict]:
+    """(destination of the parent folder, split name, checked manifest) of a split folder URL."""
     parent, _, split = url.rstrip("/").rpartition("/")
-    try:
-        dest = Destination(parent or ".", json.loads(args.storage_options) if args.storage_options else {})
-        manifest = dest.read_json(f"{split}/manifest.json")
-        if manifest is None:
-            raise DestinationError(f"no readable manifest.json at {url} (not converted, or still running)")
-        check_manifest(manifest, dest.path(f"{split}/manifest.json"), full=True)
-        return _report(dest, split, manifest, args)
-    except (DestinationError, ManifestError, ShardContentError) as err:
-        print(f"inspect_shards: error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:
-        print(f"inspect_shards: error: {describe_storage_error(err, url, 'read')}", file=sys.stderr)
-        return 2
+    dest = Destination(parent or ".", storage_options)
+    manifest = dest.read_json(f"{split}/manifest.json")
+    if manifest is None:
+        raise DestinationError(f"no readable manifest.json at {url} (not converted, or still running)")
+    check_manifest(manifest, dest.path(f"{split}/manifest.json"), full=True)
+    return dest, split, manifest
 
 
-def _report(dest: Destination, split: str, manifest: dict, args) -> int:
+def inspect_split(dest: Destination, split: str, manifest: dict, *, verify: bool = False, show: int = 0,
+                  montage_path: str | None = None) -> int:
+    """Print the split's counts and shard check (sha256 and sample counts too with ``verify``), ``show`` decoded
+    samples, and write a contact sheet to ``montage_path``; 1 if a shard is missing or differs, else 0."""
     t = manifest["totals"]
     print(f"{split}: {t['shards']} shards, {t['samples']} samples (group={manifest['group']}), {t['images']} images, "
           f"{t['texts']} texts, {t['pairs']} pairs, {t['bytes'] / 1e6:.1f} MB")
@@ -145,12 +133,12 @@ def _report(dest: Destination, split: str, manifest: dict, args) -> int:
     problems = [f"{e['shard']}: missing" if e["shard"] not in on_disk else
                 f"{e['shard']}: {on_disk[e['shard']]} bytes, recorded {e['bytes']}"
                 for e in manifest["shards"] if on_disk.get(e["shard"]) != e["bytes"]]
-    if args.verify and not problems:
+    if verify and not problems:
         for entry in manifest["shards"]:
             problems += verify_shard(dest, split, entry)
     print("\n".join(f"  PROBLEM {p}" for p in problems) if problems else
-          f"  all {t['shards']} shards present" + (", sha256 and sample counts match" if args.verify else ""))
-    wanted = args.show or (16 if args.montage else 0)
+          f"  all {t['shards']} shards present" + (", sha256 and sample counts match" if verify else ""))
+    wanted = show or (16 if montage_path else 0)
     shown = []
     for entry in manifest["shards"] if wanted else []:
         for sample in iter_samples(dest, f"{split}/{entry['shard']}"):
@@ -161,16 +149,17 @@ def _report(dest: Destination, split: str, manifest: dict, args) -> int:
             shown.append(sample)
         if len(shown) == wanted:
             break
-    if args.show:
+    if show:
         from PIL import Image
 
         for s in shown:
             meta, image = json.loads(s["json"]), Image.open(io.BytesIO(s["image"]))
             image.load()
             captions = " | ".join(f"[{x['text_id']}] {x['text']}" for x in meta["texts"]) or "(no captions)"
-            print(f"  {s['__key__']}: image {meta['image_id']} {image.format} {image.size[0]}x{image.size[1]}: {captions}")
-    if args.montage:
-        drew_captions = montage(shown, args.montage)
-        print(f"  montage of {len(shown)} samples -> {args.montage}" + (
+            size = f"{image.size[0]}x{image.size[1]}"
+            print(f"  {s['__key__']}: image {meta['image_id']} {image.format} {size}: {captions}")
+    if montage_path:
+        drew_captions = montage(shown, montage_path)
+        print(f"  montage of {len(shown)} samples -> {montage_path}" + (
             "" if drew_captions else " (no CJK font here: ids drawn; captions are in the PNG's 'captions' text chunk)"))
     return 1 if problems else 0

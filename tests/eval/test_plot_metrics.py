@@ -8,7 +8,7 @@ from PIL import Image, ImageStat
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
-import plot_metrics  # noqa: E402
+from cnclip_scale.train import plots as plot_metrics  # noqa: E402
 
 
 def write_metrics(path: Path) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnclip_scale.model import build_model, load_model, model_config
+from cnclip_scale.checkpoints import load_model
+from cnclip_scale.model import build_model, model_config
 from cnclip_scale.model.configs import TINY
 from cnclip_scale.model.weights import write_checkpoint
 from cnclip_scale.testing.slurm import SlurmCluster, install_slurm

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cnclip_scale.shards.cli import main
+from cnclip_scale.cli.to_shards import main
 from cnclip_scale.testing.seed_data import plant_bad_records, write_seed_dataset
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,7 +1,7 @@
 """tools/to_shards.py refuses counts and split lists that cannot work: one line, exit 2, nothing written."""
 import pytest
 
-from cnclip_scale.shards.cli import main
+from cnclip_scale.cli.to_shards import main
 from cnclip_scale.testing.seed_data import write_seed_dataset
 
 

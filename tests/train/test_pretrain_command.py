@@ -1,14 +1,18 @@
 """launch/pretrain.py's answer to bad settings and damaged run folders: one line on stderr, exit code 2, no
 traceback, and nothing outside the run changed. Every case here fails before a process group starts (the checks
-``loop.preflight`` makes), so the command runs in this process; the 2-rank form is in tests/integration."""
+``loop.preflight`` makes), so the command runs in this process, and at the end as a process of its own (rank 0 of
+2, whose partner never comes); the full 2-rank form is in tests/integration."""
 import importlib.util
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from cnclip_scale.testing.train_runs import REPO, make_tiny_shards
+from cnclip_scale.launch_env import free_port
+from cnclip_scale.testing.train_runs import REPO, make_tiny_shards, train_env
 
 
 def _command():
@@ -50,7 +54,8 @@ def _run_with_checkpoint(tmp_path: Path, latest: str) -> Path:
 @pytest.mark.parametrize("override, expected", [
     ("model.name=ViT-Tiny-16@RoBERTa-Tiny-chinee", "pretrain: config error: model.name: unknown text tower"),
     ("train.keep_last=0", "pretrain: config error: train.keep_last: must be at least 1"),
-    ("deepspeed.config=/nonexistent/ds.json", "pretrain: config error: deepspeed.config: /nonexistent/ds.json: no such file"),
+    ("deepspeed.config=/nonexistent/ds.json",
+     "pretrain: config error: deepspeed.config: /nonexistent/ds.json: no such file"),
     ("optim.max_steps=0", "pretrain: config error: optim.max_steps: must be at least 1"),
 ])
 def test_bad_settings_are_one_line(capsys, shards, tmp_path, override, expected):
@@ -93,3 +98,37 @@ def test_truncated_rank_state_is_one_line(capsys, shards, tmp_path):
     state.write_text('{"data": {"ep')
     rc, output = pretrain(capsys, shards, out)
     assert_one_line(rc, output, f"pretrain: {state}: not a complete rank state")
+
+
+# ------------------------------------------------------------------ the command as users run it: a process of its own
+
+
+def run_pretrain(shards, out, *extra, world_size: int = 1) -> subprocess.CompletedProcess:
+    """launch/pretrain.py as rank 0 of ``world_size``. No other rank is ever started: a check that waited for the
+    process group would hang here until the timeout, so every answer below comes before the group starts."""
+    env = train_env(RANK="0", WORLD_SIZE=str(world_size), LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                    MASTER_PORT=str(free_port()))
+    return subprocess.run([sys.executable, str(REPO / "launch/pretrain.py"), "--config",
+                           str(REPO / "configs/tiny-cpu.yaml"), f"data.train=[{shards}/train]",
+                           f"train.output_dir={out}", "data.batch_size=8", *extra],
+                          env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["deepspeed.precision=fp8"],
+     "pretrain: config error: override deepspeed.precision: 'fp8' is not one of fp16, bf16, fp32"),
+    (["model.name=ViT-Tiny-16"], "pretrain: config error: model.name: model name 'ViT-Tiny-16' must be"),
+    (["model.image_size=30"], "pretrain: config error: model.image_size: 30 is not a multiple of the patch size 16"),
+    (["data.valid=[{tmp}/nope]"], "pretrain: data.valid: source folder not found: {tmp}/nope"),
+    (["data.train=[{tmp}/empty]"], "pretrain: data.train: no manifest.json and no .tar shards in {tmp}/empty"),
+    (["data.batch_size=16"], "pretrain: data.train: 16 samples give no batch to each of 2 ranks (batch size 16, "
+                             "drop_last=True); lower data.batch_size or add data"),
+], ids=["precision", "model-name", "image-size", "valid-source", "train-manifest", "too-few-samples"])
+def test_every_bad_setting_is_one_line_before_the_group_starts(shards, tmp_path, extra, expected):
+    (tmp_path / "empty").mkdir()
+    extra = [e.format(tmp=tmp_path) for e in extra]
+    result = run_pretrain(shards, tmp_path / "out", *extra, world_size=2)
+    assert_one_line(result.returncode, result.stdout + result.stderr, expected.format(tmp=tmp_path))
+    # only the case of too few samples is told to lower the batch size
+    assert ("lower data.batch_size" in result.stderr) == ("too few" in expected or "give no batch" in expected)
+    assert not (tmp_path / "out").exists()
