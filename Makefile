@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: install test-deps test test-unit demo bench clean gpu-check
+.PHONY: install test-deps lint test test-unit test-integration demo bench clean gpu-check
 
 # Re-install only when the package metadata changes; an unchanged tree makes this a no-op.
 $(STAMP): pyproject.toml
@@ -26,11 +26,21 @@ test-deps:
 	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-noto-cjk; }; } || \
 	  echo "note: chromium is not installed and cannot be installed here (need root + apt)"
 
-test: install test-deps
-	$(BIN)/python -m pytest -q -ra
+# Lint and format are checked first (seconds), then the unit tests (a few minutes), then the multi-process and
+# server tests: a mistake shows up at the cheapest stage that can see it.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint test-deps
+	$(BIN)/python -m pytest -q -ra -m "not integration"
+	$(BIN)/python -m pytest -q -ra -m integration
 
 test-unit: install
 	$(BIN)/python -m pytest -q -ra -m "not integration"
+
+test-integration: install test-deps
+	$(BIN)/python -m pytest -q -ra -m integration
 
 # The whole stack on the embedded demo data: dataset -> shards -> 2-rank DeepSpeed training -> sharded evaluation.
 demo: install

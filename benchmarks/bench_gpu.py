@@ -383,7 +383,7 @@ def loader_rate(image_size: int, images: int, workers: int = 1) -> dict:
     from cnclip_scale.model.transforms import ImageTransform
     from cnclip_scale.shards.convert import Options, convert_split
     from cnclip_scale.shards.writer import Destination
-    from cnclip_scale.testing.seed_data import write_realistic_split
+    from tests.helpers.seed_data import write_realistic_split
 
     folder = tempfile.mkdtemp(prefix="bench_gpu-loader-")
     try:

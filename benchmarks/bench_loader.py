@@ -37,7 +37,7 @@ def prepare(folder: str, n: int) -> tuple[str, str, int]:
     """(shard folder, LMDB split folder, pairs) built from one generated seed split."""
     from cnclip_scale.shards.convert import Options, convert_split
     from cnclip_scale.shards.writer import Destination
-    from cnclip_scale.testing.seed_data import write_realistic_split
+    from tests.helpers.seed_data import write_realistic_split
 
     seed, done = os.path.join(folder, "seed"), os.path.join(folder, f"prepared-{n}.json")
     if os.path.exists(done):                          # --keep: reuse what an earlier run built

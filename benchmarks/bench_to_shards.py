@@ -30,7 +30,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from cnclip_scale.testing.seed_data import write_realistic_split  # noqa: E402
+from tests.helpers.seed_data import write_realistic_split  # noqa: E402
 
 
 def floor_part(tsv: str, start: int, end: int, out: str, decoder: str) -> None:

@@ -2,7 +2,7 @@
 later, the data pipeline and demo tests); each folder keeps its own fixtures in its own conftest.py."""
 import pytest
 
-from cnclip_scale.testing.s3_server import start_s3_server
+from tests.helpers.s3_server import start_s3_server
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ from cnclip_scale.errors import UserError
 from cnclip_scale.model import build_model, model_config
 from cnclip_scale.model.configs import TINY
 from cnclip_scale.model.weights import write_checkpoint
-from cnclip_scale.testing.ports import free_port_block
-from cnclip_scale.testing.train_runs import train_env
+from tests.helpers.ports import free_port_block
+from tests.helpers.train_runs import train_env
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,5 @@
 import pytest
-from integration.data_shards import build_shard_set
+from tests.helpers.data_shards import build_shard_set
 
 from cnclip_scale.model.tokenizer import Tokenizer
 

@@ -6,7 +6,7 @@ import shutil
 import tarfile
 
 import pytest
-from integration.data_shards import build_shard_set
+from tests.helpers.data_shards import build_shard_set
 
 from cnclip_scale.data.pipeline import Reading, build_eval_loader, build_train_loader
 from cnclip_scale.model.transforms import ImageTransform

@@ -63,7 +63,7 @@ def test_missing_seed_file_is_an_error(tmp_path):
 
 def test_seed_folder_with_a_utf8_bom_reads_the_first_image_and_text(tmp_path):
     """Issue 13 item 9: a BOM made the first image id "\\ufeff1000000" and dropped the first caption."""
-    from cnclip_scale.testing.seed_data import write_seed_split
+    from tests.helpers.seed_data import write_seed_split
 
     truth = write_seed_split(str(tmp_path), "valid", 5, size=32)
     for name in ("valid_imgs.tsv", "valid_texts.jsonl"):
@@ -82,7 +82,7 @@ def test_seed_folder_text_id_1_and_string_1_are_one_id(tmp_path):
     so no image gets another text's caption under the same id."""
     import json
 
-    from cnclip_scale.testing.seed_data import write_seed_split
+    from tests.helpers.seed_data import write_seed_split
 
     truth = write_seed_split(str(tmp_path), "valid", 4, size=32, first_text_id=1)
     with open(tmp_path / "valid_texts.jsonl", "a", encoding="utf-8") as f:

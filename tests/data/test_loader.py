@@ -233,7 +233,7 @@ def test_augmentation_in_the_main_process_leaves_the_gpu_rng_alone(uneven, token
 
 
 def test_group_pair_shards_give_each_pair_once_with_its_own_caption(tmp_path, tokenizer):
-    from integration.data_shards import build_shard_set
+    from tests.helpers.data_shards import build_shard_set
 
     pairs = build_shard_set(str(tmp_path), 9, samples_per_shard=4, group="pair")
     loader = _loader(pairs.url, tokenizer, world=1, workers=2)

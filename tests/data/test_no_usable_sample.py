@@ -5,14 +5,14 @@ process and through DataLoader workers alike."""
 import os
 
 import pytest
-from integration.data_shards import build_shard_set
+from tests.helpers.data_shards import build_shard_set
 
 from cnclip_scale.data.pipeline import DataError, Reading, build_train_loader
 from cnclip_scale.errors import UserError
 from cnclip_scale.model.transforms import ImageTransform
 from cnclip_scale.shards.convert import Options, convert_split
 from cnclip_scale.shards.writer import Destination
-from cnclip_scale.testing.seed_data import write_seed_split
+from tests.helpers.seed_data import write_seed_split
 
 
 @pytest.fixture(scope="module")

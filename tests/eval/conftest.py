@@ -5,7 +5,7 @@ import torch
 from cnclip_scale.model import build_model, model_config
 from cnclip_scale.model.configs import TINY
 from cnclip_scale.model.weights import write_checkpoint
-from cnclip_scale.testing.seed_data import write_seed_split
+from tests.helpers.seed_data import write_seed_split
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from cnclip_scale.cli.evaluate import main as evaluate
-from cnclip_scale.testing.train_runs import REPO, make_tiny_shards, train_env
+from tests.helpers.train_runs import REPO, make_tiny_shards, train_env
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from cnclip_scale.model import Tokenizer, build_model, model_config
 from cnclip_scale.model.configs import TINY
 from cnclip_scale.shards.convert import Options, convert_split
 from cnclip_scale.shards.writer import Destination
-from cnclip_scale.testing.seed_data import write_seed_split
+from tests.helpers.seed_data import write_seed_split
 
 
 def _shards(root, first_image_id, image_offset, first_text_id):

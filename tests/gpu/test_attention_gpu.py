@@ -19,8 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from cnclip_scale.model import Tokenizer, build_model, model_config
 from cnclip_scale.train.loss import clip_loss
-
-from .conftest import BASE
+from tests.helpers.gpu_runs import BASE
 
 pytestmark = [pytest.mark.gpu, pytest.mark.integration,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make gpu-check)")]

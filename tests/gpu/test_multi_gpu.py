@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import PRETRAIN, deepspeed_cmd, read_jsonl, run, train_args
+from tests.helpers.gpu_runs import PRETRAIN, deepspeed_cmd, read_jsonl, run, train_args
 
 pytestmark = [pytest.mark.gpu, pytest.mark.integration,
               pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 or more CUDA GPUs")]

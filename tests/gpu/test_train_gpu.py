@@ -20,8 +20,7 @@ import pytest
 import torch
 
 from cnclip_scale.model.configs import TINY
-
-from .conftest import (
+from tests.helpers.gpu_runs import (
     BASE,
     EVALUATE,
     PRETRAIN,
@@ -32,6 +31,7 @@ from .conftest import (
     run,
     train_args,
 )
+from tests.helpers.recall import assert_recall_matches_files
 
 pytestmark = [pytest.mark.gpu, pytest.mark.integration,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make gpu-check)")]
@@ -180,7 +180,6 @@ def test_evaluator_on_gpu(reference_run, shards, tmp_path, precision, dtype):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dtype"] == dtype and summary["device"].startswith("cuda")
     assert summary["model"] == BASE and summary["images"] == 64
-    for direction in ("t2i", "i2t"):
-        r = summary[direction]
-        assert 0 <= r["r1"] <= r["r5"] <= r["r10"] <= 100 and math.isfinite(r["mean_recall"]), r
-    assert (out / "valid_predictions.jsonl").exists() and (out / "output.json").exists()
+    # half-precision features rank the gallery; the recall reported is what those rankings give on the seed's truth
+    assert_recall_matches_files(summary, out, "valid", shards.parent / "seed" / "valid_texts.jsonl")
+    assert (out / "output.json").exists()

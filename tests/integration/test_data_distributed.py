@@ -9,7 +9,7 @@ the exact run's state on a single rank."""
 import pytest
 
 from integration.data_launch import run_ranks
-from integration.data_shards import build_shard_set
+from tests.helpers.data_shards import build_shard_set
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from cnclip_scale.data.pipeline import Reading, build_eval_loader, build_train_l
 from cnclip_scale.data.sources import SourceError, resolve_sources
 from cnclip_scale.model.tokenizer import Tokenizer
 from cnclip_scale.model.transforms import ImageTransform
-from integration.data_shards import build_shard_set
+from tests.helpers.data_shards import build_shard_set
 
 pytestmark = pytest.mark.integration
 

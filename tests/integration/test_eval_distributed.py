@@ -16,7 +16,7 @@ from cnclip_scale.launch_env import free_port
 from cnclip_scale.model import build_model, model_config
 from cnclip_scale.model.configs import TINY
 from cnclip_scale.model.weights import write_checkpoint
-from tests.integration.data_shards import build_shard_set
+from tests.helpers.data_shards import build_shard_set
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

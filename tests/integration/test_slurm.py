@@ -18,8 +18,8 @@ from cnclip_scale.checkpoints import load_model
 from cnclip_scale.model import build_model, model_config
 from cnclip_scale.model.configs import TINY
 from cnclip_scale.model.weights import write_checkpoint
-from cnclip_scale.testing.slurm import SlurmCluster, install_slurm
-from cnclip_scale.testing.train_runs import REPO, make_tiny_shards, read_metrics, train_env
+from tests.helpers.slurm import SlurmCluster, install_slurm
+from tests.helpers.train_runs import REPO, make_tiny_shards, read_metrics, train_env
 
 pytestmark = pytest.mark.integration
 

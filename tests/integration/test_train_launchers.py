@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cnclip_scale.launch_env import free_port
-from cnclip_scale.testing.train_runs import REPO, make_tiny_shards, read_keys, read_metrics, train_env
+from tests.helpers.train_runs import REPO, make_tiny_shards, read_keys, read_metrics, train_env
 
 pytestmark = pytest.mark.integration
 DEEPSPEED = str(Path(os.sys.executable).parent / "deepspeed")

@@ -18,7 +18,7 @@ from cnclip_scale.launch_env import free_port
 from cnclip_scale.model import build_model, model_config
 from cnclip_scale.model.configs import TINY
 from cnclip_scale.model.weights import write_checkpoint
-from cnclip_scale.testing.train_runs import make_tiny_shards, read_keys, read_metrics, train_env
+from tests.helpers.train_runs import make_tiny_shards, read_keys, read_metrics, train_env
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent

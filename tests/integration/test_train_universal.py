@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from cnclip_scale.launch_env import free_port
-from cnclip_scale.testing.train_runs import train_env
+from tests.helpers.train_runs import train_env
 
 pytestmark = pytest.mark.integration
 DRIVER = str(Path(__file__).parent / "universal_driver.py")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cnclip_scale.launch_env import free_port
-from cnclip_scale.testing.train_runs import REPO, make_tiny_shards, train_env
+from tests.helpers.train_runs import REPO, make_tiny_shards, train_env
 
 pytestmark = pytest.mark.integration
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")

@@ -2,7 +2,7 @@
 import pytest
 
 from cnclip_scale.cli.to_shards import main
-from cnclip_scale.testing.seed_data import write_seed_dataset
+from tests.helpers.seed_data import write_seed_dataset
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -5,10 +5,18 @@ import tarfile
 
 import pytest
 import webdataset as wds
-from conftest import convert, image_samples, read_tar_samples, reject_tuples, run_inspect, run_tool, shard_paths
 
 from cnclip_scale.shards.convert import Options
-from cnclip_scale.testing.seed_data import write_seed_split
+from tests.helpers.seed_data import write_seed_split
+from tests.helpers.shards import (
+    convert,
+    image_samples,
+    read_tar_samples,
+    reject_tuples,
+    run_inspect,
+    run_tool,
+    shard_paths,
+)
 
 
 def test_every_bad_kind_is_rejected_with_its_reason_and_nothing_else(bad_seed, tmp_path):

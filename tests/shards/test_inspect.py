@@ -3,7 +3,7 @@ import json
 
 from PIL import Image
 
-from conftest import convert, run_inspect
+from tests.helpers.shards import convert, run_inspect
 
 
 def test_inspect_verifies_shows_and_draws(clean_seed, tmp_path):

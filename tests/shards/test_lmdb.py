@@ -7,8 +7,8 @@ import shutil
 import lmdb
 import pytest
 
-from cnclip_scale.testing.seed_data import build_lmdb_chinese_clip
-from conftest import convert, image_samples, read_tar_samples, reject_tuples, shard_paths
+from tests.helpers.seed_data import build_lmdb_chinese_clip
+from tests.helpers.shards import convert, image_samples, read_tar_samples, reject_tuples, shard_paths
 
 
 @pytest.fixture

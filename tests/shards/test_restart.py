@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from cnclip_scale.testing.seed_data import write_seed_dataset
-from conftest import REPO, convert
+from tests.helpers.seed_data import write_seed_dataset
+from tests.helpers.shards import REPO, convert
 
 ARGS = ["--splits", "train,valid", "--samples-per-shard", "3", "--no-progress"]
 
@@ -101,7 +101,7 @@ def _refused(result, *names):
 def test_files_this_run_did_not_write_are_refused_without_overwrite(clean_seed, tmp_path):
     """Issue 13 item 3: a user's train-000007.tar and train-000003.stats.json used to vanish, and manifest.json
     and rejects.jsonl were replaced, with exit 0. Now: exit 2, one line listing them, nothing touched."""
-    from conftest import run_tool
+    from tests.helpers.shards import run_tool
 
     root, _ = clean_seed
     out = tmp_path / "out"
@@ -124,7 +124,7 @@ def test_files_this_run_did_not_write_are_refused_without_overwrite(clean_seed, 
 
 
 def test_another_plans_shards_are_refused_and_a_rerun_of_the_same_plan_is_not(clean_seed, tmp_path):
-    from conftest import run_tool
+    from tests.helpers.shards import run_tool
 
     root, _ = clean_seed
     out = tmp_path / "out"

@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from cnclip_scale.shards.writer import Destination
-from conftest import image_samples, run_inspect, run_tool
+from tests.helpers.shards import image_samples, run_inspect, run_tool
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import pytest
 
 from cnclip_scale.data import seed_formats as sf
 from cnclip_scale.data.image_check import check_image
-from cnclip_scale.testing.images import make_image
+from tests.helpers.images import make_image
 
 
 def reason(fn, *args):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cnclip_scale.launch_env import free_port
-from cnclip_scale.testing.train_runs import REPO, make_tiny_shards, train_env
+from tests.helpers.train_runs import REPO, make_tiny_shards, train_env
 
 
 def _command():

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cnclip_scale.testing.seed_data import write_seed_dataset
+from tests.helpers.seed_data import write_seed_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 

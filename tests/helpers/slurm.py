@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cnclip_scale.testing.ports import free_port_block
+from tests.helpers.ports import free_port_block
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 PACKAGES = ("slurm-wlm", "munge")
@@ -113,7 +113,7 @@ class SlurmCluster:
                                            stdin=subprocess.DEVNULL))
         out.close()
 
-    def start(self, timeout: float = 60) -> "SlurmCluster":
+    def start(self, timeout: float = 60) -> SlurmCluster:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.munge_dir.chmod(0o755)
         key = self.munge_dir / "munge.key"

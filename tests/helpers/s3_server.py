@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from cnclip_scale.testing.ports import free_port_block
+from tests.helpers.ports import free_port_block
 
 SERVICES = ("s3", "master", "volume", "filer", "admin")  # ports P..P+4; weed also opens each port + 10000
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from cnclip_scale.testing.images import make_image
+from tests.helpers.images import make_image
 
 
 @dataclass
@@ -80,7 +80,7 @@ def write_realistic_split(root: str, n: int, split: str = "train", side: int | N
     """
     import pybase64
 
-    from cnclip_scale.testing.images import size_for_bytes
+    from tests.helpers.images import size_for_bytes
 
     side = side or size_for_bytes(target_bytes, quality)
     photos = [make_image(i, side, quality) for i in range(pool)]

@@ -1,5 +1,5 @@
 """Shard sets for the data-pipeline tests, made the real way: a seed-layout split of real photos
-(`cnclip_scale.testing`) converted by the shard converter (`cnclip_scale.shards`)."""
+(`tests.helpers.seed_data`) converted by the shard converter (`cnclip_scale.shards`)."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from cnclip_scale.shards.convert import Options, convert_split
 from cnclip_scale.shards.samples import sample_key
 from cnclip_scale.shards.writer import Destination
-from cnclip_scale.testing.seed_data import SeedSplit, write_seed_split
+from tests.helpers.seed_data import SeedSplit, write_seed_split
 
 
 @dataclass

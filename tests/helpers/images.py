@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import random
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image
@@ -25,7 +25,7 @@ POSITIONS = {"左上": (0, 0), "右上": (1, 0), "左下": (0, 1), "右下": (1,
 CASTS = {"原色": (1.0, 1.0, 1.0), "偏红": (1.25, 0.9, 0.9), "偏绿": (0.9, 1.2, 0.9), "偏蓝": (0.9, 0.9, 1.3)}
 
 
-@lru_cache(maxsize=None)
+@cache
 def photos() -> tuple[tuple[str, np.ndarray], ...]:
     """(Chinese label, RGB uint8 array) for every bundled photo, in a fixed order."""
     import skimage.data
