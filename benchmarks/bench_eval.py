@@ -10,6 +10,7 @@ process with the same thread count. The seed's script calls ``.cuda()``: a wrapp
 Then the gallery-sharded mode at 1M images × 10k queries on 2 gloo ranks: time and peak memory per rank.
 Last line: ``BENCH {...}``.
 """
+
 import argparse
 import json
 import os
@@ -25,8 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cnclip_scale.eval import outputs, retrieval
-from cnclip_scale.launch_env import free_port
+from cnclip_scale.eval import outputs, retrieval  # noqa: E402 - after the sys.path line
+from cnclip_scale.launch_env import free_port  # noqa: E402
 
 N_IMAGES, N_TEXTS, DIM, K = 29806, 5008, 512, 10
 SEED_EVAL = Path(__import__("cn_clip").__file__).parent / "eval"
@@ -76,8 +77,15 @@ def ours(d: Path, fmt: str) -> None:
             for i in json.loads(line)["image_ids"]:
                 gt_t.append(t)
                 gt_i.append(position[i])
-    outputs.write_predictions(str(d / f"ours_{fmt}_predictions.jsonl"), "text_id", "image_ids",
-                              [str(x) for x in text_ids], [str(x) for x in image_ids], index, K)
+    outputs.write_predictions(
+        str(d / f"ours_{fmt}_predictions.jsonl"),
+        "text_id",
+        "image_ids",
+        [str(x) for x in text_ids],
+        [str(x) for x in image_ids],
+        index,
+        K,
+    )
     score = retrieval.recall(index, torch.tensor(gt_t), torch.tensor(gt_i), len(image_ids))
     outputs.write_json(str(d / f"ours_{fmt}_output.json"), outputs.seed_score(score))
     (d / f"ours_{fmt}.seconds").write_text(f"{time.perf_counter() - t0} {time.process_time() - c0}")
@@ -94,23 +102,26 @@ def timed(cmd: list[str], env: dict, name: str = "") -> float:
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    CPU_SECONDS[name] = CPU_SECONDS.get(name, 0.0) + (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    CPU_SECONDS[name] = (
+        CPU_SECONDS.get(name, 0.0) + (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    )
     return wall
 
 
 def sharded_rank(queries: int, gallery: int, out: str) -> None:
     """One rank of the gallery-sharded run (started by torchrun): my shard of a planted gallery, all queries."""
     import torch.distributed as dist
+
     dist.init_process_group("gloo")
     r, w = dist.get_rank(), dist.get_world_size()
     lo, hi = gallery * r // w, gallery * (r + 1) // w
     shard, gen = torch.empty(hi - lo, DIM), torch.Generator().manual_seed(r)
     for s in range(0, hi - lo, 65536):  # in place, block by block: the shard is the only big allocation
-        block = shard[s: s + 65536]
+        block = shard[s : s + 65536]
         block.normal_(generator=gen)
         block.div_(block.norm(dim=1, keepdim=True))
     noise = torch.nn.functional.normalize(torch.randn(queries, DIM, generator=torch.Generator().manual_seed(99)), dim=1)
-    planted = torch.arange(queries) * (gallery // queries)              # query j ≈ gallery item j·(N/Q) + noise
+    planted = torch.arange(queries) * (gallery // queries)  # query j ≈ gallery item j·(N/Q) + noise
     mine = (planted >= lo) & (planted < hi)
     q = torch.zeros(queries, DIM)
     q[mine] = torch.nn.functional.normalize(shard[planted[mine] - lo] + 0.5 * noise[mine], dim=1)
@@ -121,8 +132,14 @@ def sharded_rank(queries: int, gallery: int, out: str) -> None:
     _, index = retrieval.sharded_topk(q, shard, torch.arange(lo, hi), K)
     seconds = time.perf_counter() - t0
     hit1 = float((index[:, 0] == planted).float().mean())
-    facts = {"rank": r, "seconds": round(seconds, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-             "rss_before_topk_mb": round(base_rss), "gallery_shard_mb": round(shard.numel() * 4 / 2**20), "planted_hit_at_1": hit1}
+    facts = {
+        "rank": r,
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "rss_before_topk_mb": round(base_rss),
+        "gallery_shard_mb": round(shard.numel() * 4 / 2**20),
+        "planted_hit_at_1": hit1,
+    }
     Path(out, f"rank{r}.json").write_text(json.dumps(facts))
     dist.destroy_process_group()
 
@@ -132,8 +149,26 @@ def sharded(args, env: dict, threads: int, out: Path) -> None:
     out.mkdir()
     n, q = args.sharded_gallery, args.sharded_queries
     shard_env = dict(env, OMP_NUM_THREADS=str(max(1, threads // 2)))
-    t_sharded = timed([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                       "--master_port", str(free_port()), __file__, "--sharded-rank", str(q), str(n), str(out)], shard_env, "sharded")
+    t_sharded = timed(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            __file__,
+            "--sharded-rank",
+            str(q),
+            str(n),
+            str(out),
+        ],
+        shard_env,
+        "sharded",
+    )
     print(f"gallery-sharded top-{K}: {n:,} images × {q:,} queries on 2 gloo ranks ({t_sharded:.1f} s with startup)")
     for r in range(2):
         print("  " + (out / f"rank{r}.json").read_text())
@@ -163,11 +198,36 @@ def main() -> int:
         t_npy = timed(me + ["npy"], env, "ours")
         t_jsonl = timed(me + ["jsonl"], env, "ours_jsonl")
         (d / "wrap.py").write_text(WRAPPER)
-        t_seed = timed([sys.executable, str(d / "wrap.py"), str(SEED_EVAL / "make_topk_predictions.py"),
-                        "--image-feats", str(d / "valid_imgs.img_feat.jsonl"), "--text-feats", str(d / "valid_texts.txt_feat.jsonl"),
-                        "--top-k", str(K), "--eval-batch-size", "32768", "--output", str(d / "seed_predictions.jsonl")], env, "seed")
-        t_seed += timed([sys.executable, str(SEED_EVAL / "evaluation.py"), str(d / "valid_texts.jsonl"),
-                         str(d / "seed_predictions.jsonl"), str(d / "seed_output.json")], env, "seed")
+        t_seed = timed(
+            [
+                sys.executable,
+                str(d / "wrap.py"),
+                str(SEED_EVAL / "make_topk_predictions.py"),
+                "--image-feats",
+                str(d / "valid_imgs.img_feat.jsonl"),
+                "--text-feats",
+                str(d / "valid_texts.txt_feat.jsonl"),
+                "--top-k",
+                str(K),
+                "--eval-batch-size",
+                "32768",
+                "--output",
+                str(d / "seed_predictions.jsonl"),
+            ],
+            env,
+            "seed",
+        )
+        t_seed += timed(
+            [
+                sys.executable,
+                str(SEED_EVAL / "evaluation.py"),
+                str(d / "valid_texts.jsonl"),
+                str(d / "seed_predictions.jsonl"),
+                str(d / "seed_output.json"),
+            ],
+            env,
+            "seed",
+        )
         seed_out = json.loads((d / "seed_output.json").read_text())
         same_scores = all(json.loads((d / f"ours_{f}_output.json").read_text()) == seed_out for f in ("npy", "jsonl"))
         seed_preds = (d / "seed_predictions.jsonl").read_text().splitlines()
@@ -175,22 +235,39 @@ def main() -> int:
         differing = sum(a != b for a, b in zip(seed_preds, ours_preds)) + abs(len(seed_preds) - len(ours_preds))
         print(f"features→recall, {N_TEXTS} texts × {N_IMAGES} images, dim {DIM}, {threads} threads")
         print(f"  seed make_topk_predictions.py + evaluation.py (JSONL): {t_seed:.2f} s  score {seed_out['scoreJson']}")
-        (path_npy, cpu_npy), (path_jsonl, _) = (map(float, (d / f"ours_{f}.seconds").read_text().split()) for f in ("npy", "jsonl"))
+        (path_npy, cpu_npy), (path_jsonl, _) = (
+            map(float, (d / f"ours_{f}.seconds").read_text().split()) for f in ("npy", "jsonl")
+        )
         print(f"  ours (.npy):  {path_npy:.2f} s in process ({t_npy:.2f} s as a fresh process, imports included)")
         print(f"  ours (JSONL): {path_jsonl:.2f} s in process ({t_jsonl:.2f} s as a fresh process)")
         print(f"  identical output.json (both of ours vs the seed's): {same_scores}")
         print(f"  prediction lines differing from the seed's: {differing} of {len(seed_preds)}")
-        print(f"  CPU seconds (user+sys): seed {CPU_SECONDS['seed']:.1f}, ours {CPU_SECONDS['ours']:.1f}, "
-              f"ours from JSONL {CPU_SECONDS['ours_jsonl']:.1f}; load average {os.getloadavg()[0]:.1f} on {threads} cores")
+        print(
+            f"  CPU seconds (user+sys): seed {CPU_SECONDS['seed']:.1f}, ours {CPU_SECONDS['ours']:.1f}, "
+            f"ours from JSONL {CPU_SECONDS['ours_jsonl']:.1f}; load average {os.getloadavg()[0]:.1f} on {threads} cores"
+        )
 
         if not args.no_sharded:
             sharded(args, env, threads, d / "sharded")
     ratio = t_seed / path_npy
-    print("BENCH " + json.dumps({"stage": "eval", "ours": round(path_npy, 3), "baseline": round(t_seed, 3),
-                                 "ratio": round(ratio, 1), "target": 50, "unit": "s", "identical_scores": same_scores,
-                                 "ours_fresh_process": round(t_npy, 3), "ratio_fresh_process": round(t_seed / t_npy, 1),
-                                 "cpu_ratio_in_process": round(CPU_SECONDS["seed"] / cpu_npy, 1),
-                                 "cpu_ratio_fresh_process": round(CPU_SECONDS["seed"] / CPU_SECONDS["ours"], 1)}))
+    print(
+        "BENCH "
+        + json.dumps(
+            {
+                "stage": "eval",
+                "ours": round(path_npy, 3),
+                "baseline": round(t_seed, 3),
+                "ratio": round(ratio, 1),
+                "target": 50,
+                "unit": "s",
+                "identical_scores": same_scores,
+                "ours_fresh_process": round(t_npy, 3),
+                "ratio_fresh_process": round(t_seed / t_npy, 1),
+                "cpu_ratio_in_process": round(CPU_SECONDS["seed"] / cpu_npy, 1),
+                "cpu_ratio_fresh_process": round(CPU_SECONDS["seed"] / CPU_SECONDS["ours"], 1),
+            }
+        )
+    )
     return 0 if same_scores else 1
 
 

@@ -30,6 +30,7 @@ GPU consumes in training: the CPU cores one GPU needs to be fed.
 Anchors: Chinese-CLIP reports 469 samples/s per A100 for ViT-B-16 with FlashAttention (fp16, batch 450 per GPU);
 the target on H100/H200 is ≥ 35% MFU in bf16.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,15 @@ SEED_BATCH = 128  # per GPU, the seed's MUGE and Flickr30K-CN finetunes
 CONTEXT = 52
 # Dense bf16 peak FLOP/s by device-name fragment, first match wins (vendor data sheets, without sparsity). Variants
 # whose clocks or power differ (NVL boards) are left out on purpose: 'unknown' is better than a wrong MFU.
-PEAK_BF16 = [("H100 NVL", None), ("H200 NVL", None), ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12),
-             ("A100", 312e12), ("L40S", 362e12)]
+PEAK_BF16 = [
+    ("H100 NVL", None),
+    ("H200 NVL", None),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+]
 ANCHOR_CN_CLIP = 469.0  # samples/s per A100, ViT-B-16, FlashAttention, fp16, batch 450 (Chinese-CLIP's README)
 TARGET_MFU = 0.35
 
@@ -169,9 +177,18 @@ class Ours(Contender):
         from cnclip_scale.train.step import train_step
 
         self.name = "ours_ckpt" if grad_checkpointing else "ours"
-        cfg = load_config(None, [f"model.name={model_name}", "deepspeed.precision=bf16", "deepspeed.zero_stage=2",
-                                 f"data.batch_size={batch}", "optim.max_steps=1000000", "optim.warmup=0",
-                                 f"model.grad_checkpointing={str(grad_checkpointing).lower()}"])
+        cfg = load_config(
+            None,
+            [
+                f"model.name={model_name}",
+                "deepspeed.precision=bf16",
+                "deepspeed.zero_stage=2",
+                f"data.batch_size={batch}",
+                "optim.max_steps=1000000",
+                "optim.warmup=0",
+                f"model.grad_checkpointing={str(grad_checkpointing).lower()}",
+            ],
+        )
         self.model = _build_model(model_name, device, grad_checkpointing)
         self.engine = eng.build_engine(self.model, cfg, max_steps=1000000)
         # what the trainer feeds a bf16 engine (normalize_batch in the engine's dtype)
@@ -184,9 +201,17 @@ class Ours(Contender):
 
     def step(self, inputs: Inputs):
         self._n += 1
-        out, self._logit_scale = self._step(self.engine, inputs.images, inputs.ids, inputs.mask,
-                                            (inputs.image_ids, inputs.text_ids), self._logit_scale,
-                                            watch=self._watch, step=self._n, check=self._n % 10 == 0)
+        out, self._logit_scale = self._step(
+            self.engine,
+            inputs.images,
+            inputs.ids,
+            inputs.mask,
+            (inputs.image_ids, inputs.text_ids),
+            self._logit_scale,
+            watch=self._watch,
+            step=self._n,
+            check=self._n % 10 == 0,
+        )
         return out["loss"]
 
     def close(self) -> None:
@@ -209,10 +234,12 @@ class Baseline(Contender):
         self.device = device
         self.model = _build_model(model_name, device, grad_checkpointing)
         self.net = torch.nn.parallel.DistributedDataParallel(
-            self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.model, device_ids=[device.index] if device.type == "cuda" else None
+        )
         # Chinese-CLIP's finetune hyper-parameters; the values do not change the cost of a step.
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=5e-5, betas=(0.9, 0.98), eps=1e-6,
-                                           weight_decay=0.001)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=5e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.001
+        )
         self.image_dtype = torch.float32  # autocast casts inside the model
         self._max = LOGIT_SCALE_MAX
         self._torch = torch
@@ -234,9 +261,17 @@ class Baseline(Contender):
 
 
 CONTENDERS: dict[str, tuple[type, bool]] = {
-    "ours": (Ours, False), "ours_ckpt": (Ours, True), "ddp": (Baseline, False), "ddp_ckpt": (Baseline, True)}
-LABELS = {"ours": "ours: ZeRO-2 bf16, local loss", "ours_ckpt": "ours: ZeRO-2 bf16, local loss, grad ckpt",
-          "ddp": "baseline: DDP + autocast, N×N", "ddp_ckpt": "baseline: DDP + autocast, N×N, grad ckpt"}
+    "ours": (Ours, False),
+    "ours_ckpt": (Ours, True),
+    "ddp": (Baseline, False),
+    "ddp_ckpt": (Baseline, True),
+}
+LABELS = {
+    "ours": "ours: ZeRO-2 bf16, local loss",
+    "ours_ckpt": "ours: ZeRO-2 bf16, local loss, grad ckpt",
+    "ddp": "baseline: DDP + autocast, N×N",
+    "ddp_ckpt": "baseline: DDP + autocast, N×N, grad ckpt",
+}
 
 
 def build(mode: str, model_name: str, device, batch: int) -> Contender:
@@ -262,12 +297,24 @@ def measure(contender: Contender, config, batch: int, device, warmup: int, steps
     sync(device)
     elapsed = time.perf_counter() - began
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"batch": batch, "samples_per_s": batch * steps / elapsed, "step_s": elapsed / steps, "peak_mb": peak,
-            "loss": float(loss.detach().float()), "steps": steps}
+    return {
+        "batch": batch,
+        "samples_per_s": batch * steps / elapsed,
+        "step_s": elapsed / steps,
+        "peak_mb": peak,
+        "loss": float(loss.detach().float()),
+        "steps": steps,
+    }
 
 
-def search_largest(trial: Callable[[int], dict | None], start: int, cap: int, resolution: float = 1 / 16,
-                   granularity: int = 8, deadline: float | None = None) -> dict:
+def search_largest(
+    trial: Callable[[int], dict | None],
+    start: int,
+    cap: int,
+    resolution: float = 1 / 16,
+    granularity: int = 8,
+    deadline: float | None = None,
+) -> dict:
     """The largest batch ≤ ``cap`` for which ``trial(batch)`` succeeds (returns a record) rather than running out
     of memory (returns None). Doubles from ``start`` to the first failure, then bisects until the gap is at most
     ``resolution`` of the fitting batch (and ``granularity``); below ``start`` if ``start`` fails. Stops early at
@@ -306,12 +353,19 @@ def search_largest(trial: Callable[[int], dict | None], start: int, cap: int, re
         if middle - middle % granularity > best:  # a multiple of the granularity where there is one in the gap
             middle -= middle % granularity
         attempt(middle)
-    return {"largest": best, "record": record, "first_oom": failed, "tried": tried,
-            "capped": best == cap, "stopped_early": stopped}
+    return {
+        "largest": best,
+        "record": record,
+        "first_oom": failed,
+        "tried": tried,
+        "capped": best == cap,
+        "stopped_early": stopped,
+    }
 
 
-def trial_runner(mode: str, model_name: str, config, device, warmup: int, steps: int,
-                 log: Callable[[str], None]) -> tuple[Callable[[int], dict | None], Callable[[], None]]:
+def trial_runner(
+    mode: str, model_name: str, config, device, warmup: int, steps: int, log: Callable[[str], None]
+) -> tuple[Callable[[int], dict | None], Callable[[], None]]:
     """A ``trial(batch)`` for ``search_largest`` that keeps one contender while batches fit and rebuilds it after an
     OOM, and a ``close()``."""
     holder: dict[str, Contender | None] = {"c": None}
@@ -328,8 +382,10 @@ def trial_runner(mode: str, model_name: str, config, device, warmup: int, steps:
                 holder["c"] = build(mode, model_name, device, batch)
             result = measure(holder["c"], config, batch, device, warmup, steps)
             free_memory(device)  # the cached blocks of this batch would fragment the next, larger one
-            log(f"    {mode:<10} batch {batch:>6}: fits, {result['samples_per_s']:8.1f} samples/s"
-                + (f", peak {result['peak_mb']:,.0f} MB" if result["peak_mb"] is not None else ""))
+            log(
+                f"    {mode:<10} batch {batch:>6}: fits, {result['samples_per_s']:8.1f} samples/s"
+                + (f", peak {result['peak_mb']:,.0f} MB" if result["peak_mb"] is not None else "")
+            )
             return result
         except Exception as error:  # only OOM is an answer; anything else is re-raised
             if not is_oom(error):
@@ -369,8 +425,12 @@ def count_step_flops(model_name: str, device, batch: int, grad_checkpointing: bo
     formula = training_flops(config, CONTEXT, grad_checkpointing)
     del model, inputs, img, txt, scale, out
     free_memory(device)
-    return {"grad_checkpointing": grad_checkpointing, "formula": formula, "counted": counted,
-            "ratio": counted / formula}
+    return {
+        "grad_checkpointing": grad_checkpointing,
+        "formula": formula,
+        "counted": counted,
+        "ratio": counted / formula,
+    }
 
 
 def loader_rate(image_size: int, images: int, workers: int = 1) -> dict:
@@ -388,14 +448,30 @@ def loader_rate(image_size: int, images: int, workers: int = 1) -> dict:
     folder = tempfile.mkdtemp(prefix="bench_gpu-loader-")
     try:
         write_realistic_split(os.path.join(folder, "seed"), images, side=224, pool=64)
-        convert_split(os.path.join(folder, "seed"), "train", Destination(os.path.join(folder, "shards")),
-                      Options(group="pair", samples_per_shard=256, workers=2, progress=False))
+        convert_split(
+            os.path.join(folder, "seed"),
+            "train",
+            Destination(os.path.join(folder, "shards")),
+            Options(group="pair", samples_per_shard=256, workers=2, progress=False),
+        )
         reading = Reading(sources=os.path.join(folder, "shards", "train"), batch_size=64, workers=workers)
-        loader = build_train_loader(reading, tokenizer=Tokenizer(), transform=ImageTransform(resolution=image_size),
-                                    rank=0, world_size=1, seed=0)
+        loader = build_train_loader(
+            reading,
+            tokenizer=Tokenizer(),
+            transform=ImageTransform(resolution=image_size),
+            rank=0,
+            world_size=1,
+            seed=0,
+        )
         wall, per_cpu, counted = rate(iter(loader), lambda b: len(b["keys"]))
-        return {"workers": workers, "samples_per_s": wall, "samples_per_cpu_s": per_cpu, "samples_timed": counted,
-                "jpeg_side": 224, "image_size": image_size}
+        return {
+            "workers": workers,
+            "samples_per_s": wall,
+            "samples_per_cpu_s": per_cpu,
+            "samples_timed": counted,
+            "jpeg_side": 224,
+            "image_size": image_size,
+        }
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -420,18 +496,31 @@ def run(args) -> dict:
     log = print
     import deepspeed
 
-    result: dict = {"device": name, "device_type": device.type, "torch": torch.__version__,
-                    "deepspeed": deepspeed.__version__, "model": args.model, "batch": args.batch, "quick": quick,
-                    "peak_bf16_flops": peak, "anchors": {"chinese_clip_a100_samples_per_s": ANCHOR_CN_CLIP,
-                                                         "target_mfu": TARGET_MFU}}
+    result: dict = {
+        "device": name,
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "deepspeed": deepspeed.__version__,
+        "model": args.model,
+        "batch": args.batch,
+        "quick": quick,
+        "peak_bf16_flops": peak,
+        "anchors": {"chinese_clip_a100_samples_per_s": ANCHOR_CN_CLIP, "target_mfu": TARGET_MFU},
+    }
     f = flops_per_sample(config, CONTEXT)
-    result["flops"] = {"forward": f.forward, "vision": f.vision, "text": f.text,
-                       "train": training_flops(config, CONTEXT, False),
-                       "train_ckpt": training_flops(config, CONTEXT, True)}
+    result["flops"] = {
+        "forward": f.forward,
+        "vision": f.vision,
+        "text": f.text,
+        "train": training_flops(config, CONTEXT, False),
+        "train_ckpt": training_flops(config, CONTEXT, True),
+    }
     log(f"device {name} ({device}), torch {torch.__version__}, deepspeed {deepspeed.__version__}; model {args.model}")
-    log(f"FLOPs per sample (formula): forward {f.forward / 1e9:.2f} G (vision {f.vision / 1e9:.2f}, text "
+    log(
+        f"FLOPs per sample (formula): forward {f.forward / 1e9:.2f} G (vision {f.vision / 1e9:.2f}, text "
         f"{f.text / 1e9:.2f}), training {result['flops']['train'] / 1e9:.1f} G, with checkpointing "
-        f"{result['flops']['train_ckpt'] / 1e9:.1f} G")
+        f"{result['flops']['train_ckpt'] / 1e9:.1f} G"
+    )
 
     phases, mark = {}, time.monotonic()  # seconds per phase, to size later runs (--quick on a GPU session)
 
@@ -444,8 +533,10 @@ def run(args) -> dict:
     phase("flops_check")
     result["flops"]["check"] = checks
     for c in checks:
-        log(f"FlopCounterMode, one training step{' with grad ckpt' if c['grad_checkpointing'] else ''}: "
-            f"{c['counted'] / 1e9:.2f} G/sample counted vs {c['formula'] / 1e9:.2f} G formula, ratio {c['ratio']:.4f}")
+        log(
+            f"FlopCounterMode, one training step{' with grad ckpt' if c['grad_checkpointing'] else ''}: "
+            f"{c['counted'] / 1e9:.2f} G/sample counted vs {c['formula'] / 1e9:.2f} G formula, ratio {c['ratio']:.4f}"
+        )
 
     # The headline: every contender at the seed's batch, one after another (each released before the next).
     runs: dict[str, dict] = {}
@@ -465,20 +556,34 @@ def run(args) -> dict:
             if contender is not None:
                 contender.close()
         r = runs[mode]["seed_batch"]
-        log(f"  {LABELS[mode]:<44} batch {args.batch}: " + (
-            f"{r['samples_per_s']:8.1f} samples/s, {r['step_s'] * 1e3:7.1f} ms/step"
-            + (f", peak {r['peak_mb']:,.0f} MB" if r["peak_mb"] is not None else "") if r else "out of memory"))
+        log(
+            f"  {LABELS[mode]:<44} batch {args.batch}: "
+            + (
+                f"{r['samples_per_s']:8.1f} samples/s, {r['step_s'] * 1e3:7.1f} ms/step"
+                + (f", peak {r['peak_mb']:,.0f} MB" if r["peak_mb"] is not None else "")
+                if r
+                else "out of memory"
+            )
+        )
 
     phase("seed_batch")
-    search_modes = [] if args.search_modes == "none" else \
-        [m for m in (args.search_modes.split(",") if args.search_modes else modes) if m in modes]
+    search_modes = (
+        []
+        if args.search_modes == "none"
+        else [m for m in (args.search_modes.split(",") if args.search_modes else modes) if m in modes]
+    )
     budget = args.search_budget_s / max(1, len(search_modes))
     for mode in search_modes:
         log(f"  largest batch, {LABELS[mode]} (cap {args.max_batch}, {budget:.0f} s budget):")
         trial, close = trial_runner(mode, args.model, config, device, trial_warmup, trial_steps, log)
         try:
-            found = search_largest(trial, args.batch, args.max_batch, resolution=1 / 8 if quick else 1 / 16,
-                                   deadline=time.monotonic() + budget)
+            found = search_largest(
+                trial,
+                args.batch,
+                args.max_batch,
+                resolution=1 / 8 if quick else 1 / 16,
+                deadline=time.monotonic() + budget,
+            )
         finally:
             close()
         runs[mode]["largest"] = found
@@ -497,8 +602,10 @@ def run(args) -> dict:
 
     if not args.no_loader:
         result["loader"] = loader_rate(config.vision.image_size, args.loader_images)
-        fastest = max((r["seed_batch"]["samples_per_s"] for m, r in runs.items() if m.startswith("ours") and r["seed_batch"]),
-                      default=None)
+        fastest = max(
+            (r["seed_batch"]["samples_per_s"] for m, r in runs.items() if m.startswith("ours") and r["seed_batch"]),
+            default=None,
+        )
         # One worker keeps one core busy while the main process waits on it: its wall-clock rate from the first
         # batch to the last (start-up excluded) is what a core delivers. The per-CPU-second figure (bench_loader's,
         # start-up included) is printed beside it.
@@ -516,80 +623,134 @@ def _fmt(x, spec: str, none: str = "—") -> str:
 def report(result: dict, args, log) -> None:
     runs, peak = result["runs"], result["peak_bf16_flops"]
     log("")
-    log(f"model {result['model']}, 1 GPU ({result['device']}), bf16, synthetic device-resident batches"
-        + (" (quick)" if result["quick"] else ""))
-    log(f"{'trainer':<46}{'samples/s':>11}{'MFU':>7}{'HFU':>7}{'peak MB':>10}{'largest batch':>15}{'samples/s':>11}"
-        f"{'MFU':>7}{'peak MB':>10}")
+    log(
+        f"model {result['model']}, 1 GPU ({result['device']}), bf16, synthetic device-resident batches"
+        + (" (quick)" if result["quick"] else "")
+    )
+    log(
+        f"{'trainer':<46}{'samples/s':>11}{'MFU':>7}{'HFU':>7}{'peak MB':>10}{'largest batch':>15}{'samples/s':>11}"
+        f"{'MFU':>7}{'peak MB':>10}"
+    )
     for mode, r in runs.items():
         s = r["seed_batch"] or {}
         largest = r.get("largest") or {}
         big = largest.get("record") or {}
         size = largest.get("largest")
-        size_text = "—" if not largest else ("none" if size is None else
-                                             f"{'≥' if largest['capped'] or largest['stopped_early'] else ''}{size}")
-        log(f"{LABELS[mode]:<46}{_fmt(s.get('samples_per_s'), '11.1f'):>11}{_fmt(s.get('mfu'), '7.1%'):>7}"
+        size_text = (
+            "—"
+            if not largest
+            else ("none" if size is None else f"{'≥' if largest['capped'] or largest['stopped_early'] else ''}{size}")
+        )
+        log(
+            f"{LABELS[mode]:<46}{_fmt(s.get('samples_per_s'), '11.1f'):>11}{_fmt(s.get('mfu'), '7.1%'):>7}"
             f"{_fmt(s.get('hfu'), '7.1%'):>7}{_fmt(s.get('peak_mb'), '10,.0f'):>10}{size_text:>15}"
             f"{_fmt(big.get('samples_per_s'), '11.1f'):>11}{_fmt(big.get('mfu'), '7.1%'):>7}"
-            f"{_fmt(big.get('peak_mb'), '10,.0f'):>10}")
+            f"{_fmt(big.get('peak_mb'), '10,.0f'):>10}"
+        )
     if peak is None:
         log(f"peak bf16 FLOP/s of {result['device']}: unknown (MFU not computed)")
     else:
-        log(f"peak bf16 FLOP/s of {result['device']}: {peak / 1e12:.0f} T (dense); MFU counts 3× forward per sample, "
-            f"HFU adds the checkpointing recompute")
+        log(
+            f"peak bf16 FLOP/s of {result['device']}: {peak / 1e12:.0f} T (dense); MFU counts 3× forward per sample, "
+            f"HFU adds the checkpointing recompute"
+        )
     pairs = [("ours", "ddp"), ("ours_ckpt", "ddp_ckpt")]
     for ours, base in pairs:
         a, b = (runs.get(ours) or {}).get("seed_batch"), (runs.get(base) or {}).get("seed_batch")
         if a and b:
-            log(f"throughput {ours}/{base} at batch {args.batch}: {a['samples_per_s'] / b['samples_per_s']:.2f}"
-                + (f"; peak memory {a['peak_mb'] / b['peak_mb']:.2f}" if a["peak_mb"] and b["peak_mb"] else ""))
-    best = max((r["seed_batch"]["samples_per_s"] for m, r in runs.items() if m.startswith("ours") and r["seed_batch"]),
-               default=None)
+            log(
+                f"throughput {ours}/{base} at batch {args.batch}: {a['samples_per_s'] / b['samples_per_s']:.2f}"
+                + (f"; peak memory {a['peak_mb'] / b['peak_mb']:.2f}" if a["peak_mb"] and b["peak_mb"] else "")
+            )
+    best = max(
+        (r["seed_batch"]["samples_per_s"] for m, r in runs.items() if m.startswith("ours") and r["seed_batch"]),
+        default=None,
+    )
     if best is not None:
-        log(f"anchor: Chinese-CLIP reports {ANCHOR_CN_CLIP:.0f} samples/s per A100 (ViT-B-16, FlashAttention, fp16, "
-            f"batch 450); ours here {best:.1f} samples/s ({best / ANCHOR_CN_CLIP:.2f}×, on {result['device']})")
+        log(
+            f"anchor: Chinese-CLIP reports {ANCHOR_CN_CLIP:.0f} samples/s per A100 (ViT-B-16, FlashAttention, fp16, "
+            f"batch 450); ours here {best:.1f} samples/s ({best / ANCHOR_CN_CLIP:.2f}×, on {result['device']})"
+        )
         mfus = [r["seed_batch"].get("mfu") for m, r in runs.items() if m.startswith("ours") and r["seed_batch"]]
-        mfus += [((r.get("largest") or {}).get("record") or {}).get("mfu") for m, r in runs.items() if m.startswith("ours")]
+        mfus += [
+            ((r.get("largest") or {}).get("record") or {}).get("mfu") for m, r in runs.items() if m.startswith("ours")
+        ]
         mfus = [m for m in mfus if m is not None]
         if mfus:
-            log(f"target: ≥ {TARGET_MFU:.0%} MFU in bf16 on H100/H200; best MFU of ours here {max(mfus):.1%} "
-                f"({'met' if max(mfus) >= TARGET_MFU else 'not met'})")
+            log(
+                f"target: ≥ {TARGET_MFU:.0%} MFU in bf16 on H100/H200; best MFU of ours here {max(mfus):.1%} "
+                f"({'met' if max(mfus) >= TARGET_MFU else 'not met'})"
+            )
     loader = result.get("loader")
     if loader:
-        log(f"loader: {loader['samples_per_s']:.1f} samples/s from 1 worker = 1 core ({loader['samples_per_cpu_s']:.1f} "
-            f"per CPU-second with start-up; {loader['jpeg_side']}-px JPEGs → {loader['image_size']} px); one GPU trains "
-            f"{_fmt(best, '.1f')} samples/s: cores per GPU needed ≈ {_fmt(result.get('cores_per_gpu'), '.1f')}")
+        log(
+            f"loader: {loader['samples_per_s']:.1f} samples/s from 1 worker = 1 core "
+            f"({loader['samples_per_cpu_s']:.1f} per CPU-second with start-up; "
+            f"{loader['jpeg_side']}-px JPEGs → {loader['image_size']} px); one GPU trains "
+            f"{_fmt(best, '.1f')} samples/s: cores per GPU needed ≈ {_fmt(result.get('cores_per_gpu'), '.1f')}"
+        )
     for ours, base in pairs:
         a, b = (runs.get(ours) or {}).get("seed_batch"), (runs.get(base) or {}).get("seed_batch")
         if a and b:
             ratio = a["samples_per_s"] / b["samples_per_s"]
-            print("BENCH " + json.dumps({
-                "stage": f"GPU train{' +ckpt' if ours.endswith('ckpt') else ''} ({args.model.split('@')[0]}, "
-                         f"{args.batch}/GPU)",
-                "ours": round(a["samples_per_s"], 1), "baseline": round(b["samples_per_s"], 1),
-                "ratio": round(ratio, 3), "target": ">= 1", "unit": "samples/s"}))
+            print(
+                "BENCH "
+                + json.dumps(
+                    {
+                        "stage": f"GPU train{' +ckpt' if ours.endswith('ckpt') else ''} ({args.model.split('@')[0]}, "
+                        f"{args.batch}/GPU)",
+                        "ours": round(a["samples_per_s"], 1),
+                        "baseline": round(b["samples_per_s"], 1),
+                        "ratio": round(ratio, 3),
+                        "target": ">= 1",
+                        "unit": "samples/s",
+                    }
+                )
+            )
     for ours, base in pairs:
         a, b = (runs.get(ours) or {}).get("largest"), (runs.get(base) or {}).get("largest")
         if a and b and a["largest"] and b["largest"]:
-            print("BENCH " + json.dumps({
-                "stage": f"GPU largest batch{' +ckpt' if ours.endswith('ckpt') else ''}",
-                "ours": a["largest"], "baseline": b["largest"], "ratio": round(a["largest"] / b["largest"], 2),
-                "target": ">= 1", "unit": "samples/GPU"}))
+            print(
+                "BENCH "
+                + json.dumps(
+                    {
+                        "stage": f"GPU largest batch{' +ckpt' if ours.endswith('ckpt') else ''}",
+                        "ours": a["largest"],
+                        "baseline": b["largest"],
+                        "ratio": round(a["largest"] / b["largest"], 2),
+                        "target": ">= 1",
+                        "unit": "samples/GPU",
+                    }
+                )
+            )
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
-                   help="auto: cuda, else skip; cpu: the CPU twin (code paths). Pick a GPU with CUDA_VISIBLE_DEVICES")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cuda", "cpu"],
+        help="auto: cuda, else skip; cpu: the CPU twin (code paths). Pick a GPU with CUDA_VISIBLE_DEVICES",
+    )
     p.add_argument("--model", default=BASE)
     p.add_argument("--batch", type=int, default=SEED_BATCH, help="per GPU, the headline comparison")
     p.add_argument("--modes", default="ours,ours_ckpt,ddp,ddp_ckpt")
-    p.add_argument("--search-modes", default=None,
-                   help="contenders whose largest batch is searched (default: all of --modes; 'none': no search)")
+    p.add_argument(
+        "--search-modes",
+        default=None,
+        help="contenders whose largest batch is searched (default: all of --modes; 'none': no search)",
+    )
     p.add_argument("--max-batch", type=int, default=None, help="search cap (default 16384; 8192 with --quick)")
-    p.add_argument("--search-budget-s", type=float, default=None,
-                   help="time for all searches together (default 480; 120 with --quick)")
-    p.add_argument("--loader-images", type=int, default=None,
-                   help="JPEGs for the loader rate (default 2048; 512 quick)")
+    p.add_argument(
+        "--search-budget-s",
+        type=float,
+        default=None,
+        help="time for all searches together (default 480; 120 with --quick)",
+    )
+    p.add_argument(
+        "--loader-images", type=int, default=None, help="JPEGs for the loader rate (default 2048; 512 quick)"
+    )
     p.add_argument("--no-loader", action="store_true")
     p.add_argument("--quick", action="store_true", help="fewer steps, coarser search: ~4 minutes on an H200")
     p.add_argument("--json", help="also write the results here")

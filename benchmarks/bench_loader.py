@@ -13,6 +13,7 @@ first batch to the last (worker start-up excluded), best of `--repeat` alternati
 
 The last line is machine-readable: BENCH {"stage": "loader", "ours": ..., "baseline": ..., ...}
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,16 +41,33 @@ def prepare(folder: str, n: int) -> tuple[str, str, int]:
     from tests.helpers.seed_data import write_realistic_split
 
     seed, done = os.path.join(folder, "seed"), os.path.join(folder, f"prepared-{n}.json")
-    if os.path.exists(done):                          # --keep: reuse what an earlier run built
+    if os.path.exists(done):  # --keep: reuse what an earlier run built
         pairs = json.load(open(done))["pairs"]
         return os.path.join(folder, "shards", "train"), os.path.join(folder, "lmdb", "train"), pairs
     write_realistic_split(seed, n, side=SIDE, pool=64)
-    manifest = convert_split(seed, "train", Destination(os.path.join(folder, "shards")),
-                             Options(group="pair", samples_per_shard=512, workers=2, progress=False))
-    subprocess.run([sys.executable, "-m", "cn_clip.preprocess.build_lmdb_dataset", "--data_dir", seed,
-                    "--splits", "train", "--lmdb_dir", os.path.join(folder, "lmdb")],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for root, _, files in os.walk(folder):          # both contenders start from the page cache
+    manifest = convert_split(
+        seed,
+        "train",
+        Destination(os.path.join(folder, "shards")),
+        Options(group="pair", samples_per_shard=512, workers=2, progress=False),
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cn_clip.preprocess.build_lmdb_dataset",
+            "--data_dir",
+            seed,
+            "--splits",
+            "train",
+            "--lmdb_dir",
+            os.path.join(folder, "lmdb"),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for root, _, files in os.walk(folder):  # both contenders start from the page cache
         for name in files:
             with open(os.path.join(root, name), "rb") as f:
                 while f.read(1 << 24):
@@ -77,7 +95,7 @@ def rate(batches, size_of) -> tuple[float, float, int]:
             continue
         counted += size_of(batch)
     wall = counted / (time.perf_counter() - began)
-    del batches                                      # join the workers so their CPU time is counted
+    del batches  # join the workers so their CPU time is counted
     gc.collect()
     return wall, total / (_cpu() - cpu), counted
 
@@ -87,8 +105,14 @@ def ours(shards: str, workers: int) -> tuple[float, float, int]:
     from cnclip_scale.model.tokenizer import Tokenizer
     from cnclip_scale.model.transforms import ImageTransform
 
-    loader = build_train_loader(Reading(sources=shards, batch_size=BATCH, workers=workers), tokenizer=Tokenizer(),
-                                transform=ImageTransform(resolution=SIZE), rank=0, world_size=1, seed=0)
+    loader = build_train_loader(
+        Reading(sources=shards, batch_size=BATCH, workers=workers),
+        tokenizer=Tokenizer(),
+        transform=ImageTransform(resolution=SIZE),
+        rank=0,
+        world_size=1,
+        seed=0,
+    )
     return rate(iter(loader), lambda b: len(b["keys"]))
 
 
@@ -114,24 +138,45 @@ def main() -> None:
         shards, lmdb_split, pairs = prepare(folder, args.images)
         print(f"data: {args.images} JPEGs of {SIDE} px, {pairs} pairs, prepared in {time.perf_counter() - began:.0f} s")
         best = {"ours": [0.0, 0.0], "baseline": [0.0, 0.0]}
-        for _ in range(args.repeat):                 # alternate, so load from elsewhere hits both alike
-            for name, run in (("baseline", lambda: baseline(lmdb_split, args.workers)),
-                              ("ours", lambda: ours(shards, args.workers))):
+        for _ in range(args.repeat):  # alternate, so load from elsewhere hits both alike
+            for name, run in (
+                ("baseline", lambda: baseline(lmdb_split, args.workers)),
+                ("ours", lambda: ours(shards, args.workers)),
+            ):
                 wall, per_cpu, counted = run()
-                print(f"  {name:<9} {wall:7.1f} samples/s wall, {per_cpu:6.1f} samples per CPU-second "
-                      f"({counted} samples timed)")
+                print(
+                    f"  {name:<9} {wall:7.1f} samples/s wall, {per_cpu:6.1f} samples per CPU-second "
+                    f"({counted} samples timed)"
+                )
                 best[name] = [max(best[name][0], wall), max(best[name][1], per_cpu)]
         (ours_wall, ours_cpu), (base_wall, base_cpu) = best["ours"], best["baseline"]
         w = max(args.workers, 1)
-        print(f"baseline (cn_clip LMDBDataset, {args.workers} workers): {base_wall:.1f} samples/s "
-              f"({base_wall / w:.1f} per worker); {base_cpu:.1f} samples per CPU-second")
-        print(f"ours     (shards + build_train_loader, {args.workers} workers): {ours_wall:.1f} samples/s "
-              f"({ours_wall / w:.1f} per worker); {ours_cpu:.1f} samples per CPU-second")
-        print(f"ratio    {ours_wall / base_wall:.2f}x wall-clock, {ours_cpu / base_cpu:.2f}x per CPU-second "
-              f"(target 2.0x; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})")
-        print("BENCH " + json.dumps({"stage": "loader", "ours": round(ours_wall, 1), "baseline": round(base_wall, 1),
-                                     "ratio": round(ours_wall / base_wall, 2), "target": 2.0, "unit": "samples/s",
-                                     "ratio_per_cpu_second": round(ours_cpu / base_cpu, 2)}))
+        print(
+            f"baseline (cn_clip LMDBDataset, {args.workers} workers): {base_wall:.1f} samples/s "
+            f"({base_wall / w:.1f} per worker); {base_cpu:.1f} samples per CPU-second"
+        )
+        print(
+            f"ours     (shards + build_train_loader, {args.workers} workers): {ours_wall:.1f} samples/s "
+            f"({ours_wall / w:.1f} per worker); {ours_cpu:.1f} samples per CPU-second"
+        )
+        print(
+            f"ratio    {ours_wall / base_wall:.2f}x wall-clock, {ours_cpu / base_cpu:.2f}x per CPU-second "
+            f"(target 2.0x; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})"
+        )
+        print(
+            "BENCH "
+            + json.dumps(
+                {
+                    "stage": "loader",
+                    "ours": round(ours_wall, 1),
+                    "baseline": round(base_wall, 1),
+                    "ratio": round(ours_wall / base_wall, 2),
+                    "target": 2.0,
+                    "unit": "samples/s",
+                    "ratio_per_cpu_second": round(ours_cpu / base_cpu, 2),
+                }
+            )
+        )
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

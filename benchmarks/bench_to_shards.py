@@ -14,6 +14,7 @@ within 1.3x of the floor's time.
 
 The last line is machine-readable: BENCH {"stage": "to_shards", "ours": ..., "baseline": ..., ...}
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,7 @@ def floor_part(tsv: str, start: int, end: int, out: str, decoder: str) -> None:
             if offset >= end:
                 break
             offset += len(line)
-            o.write(decode(line[line.index(b"\t") + 1:].strip()))
+            o.write(decode(line[line.index(b"\t") + 1 :].strip()))
 
 
 def _cpu() -> float:
@@ -77,8 +78,12 @@ def run_floor(folder: str, decoder: str) -> tuple[float, float]:
         f.readline()
         middle = f.tell()
     outs = [os.path.join(folder, f"floor{k}.bin") for k in range(2)]
-    result = _timed([[sys.executable, __file__, "--floor-part", tsv, str(a), str(b), out, decoder]
-                     for out, (a, b) in zip(outs, ((0, middle), (middle, size)))])
+    result = _timed(
+        [
+            [sys.executable, __file__, "--floor-part", tsv, str(a), str(b), out, decoder]
+            for out, (a, b) in zip(outs, ((0, middle), (middle, size)))
+        ]
+    )
     for out in outs:
         os.remove(out)
     return result
@@ -108,11 +113,33 @@ def main() -> None:
             while f.read(64 << 20):
                 pass
         contenders = {
-            "baseline": [sys.executable, "-m", "cn_clip.preprocess.build_lmdb_dataset", "--data_dir", folder,
-                         "--splits", "train", "--lmdb_dir", os.path.join(folder, "lmdb")],
-            "ours": [sys.executable, os.path.join(REPO, "tools", "to_shards.py"), "--src", folder, "--from", "tsv",
-                     "--dst", os.path.join(folder, "shards"), "--splits", "train", "--workers", "2",
-                     "--overwrite", "--no-progress"],
+            "baseline": [
+                sys.executable,
+                "-m",
+                "cn_clip.preprocess.build_lmdb_dataset",
+                "--data_dir",
+                folder,
+                "--splits",
+                "train",
+                "--lmdb_dir",
+                os.path.join(folder, "lmdb"),
+            ],
+            "ours": [
+                sys.executable,
+                os.path.join(REPO, "tools", "to_shards.py"),
+                "--src",
+                folder,
+                "--from",
+                "tsv",
+                "--dst",
+                os.path.join(folder, "shards"),
+                "--splits",
+                "train",
+                "--workers",
+                "2",
+                "--overwrite",
+                "--no-progress",
+            ],
         }
         load_before = os.getloadavg()[0]
         runs: dict[str, list[tuple[float, float]]] = {k: [] for k in (*contenders, "floor", "floor_stdlib")}
@@ -125,10 +152,14 @@ def main() -> None:
             runs["floor_stdlib"].append(run_floor(folder, "binascii"))
         seconds = {k: statistics.median(w for w, _ in v) for k, v in runs.items()}
         cpu = {k: statistics.median(c for _, c in v) for k, v in runs.items()}
-        print(f"input: {args.images} images, {size / 1e6:.0f} MB of base64 TSV ({size / args.images / 1e3 * 3 / 4:.0f} KB "
-              f"per JPEG), {os.cpu_count()} CPUs, median of {args.repeat}")
-        print(f"load average before: {load_before:.1f}, after: {os.getloadavg()[0]:.1f} "
-              f"(wall-clock numbers assume an idle machine; CPU seconds are steadier)")
+        print(
+            f"input: {args.images} images, {size / 1e6:.0f} MB of base64 TSV "
+            f"({size / args.images / 1e3 * 3 / 4:.0f} KB per JPEG), {os.cpu_count()} CPUs, median of {args.repeat}"
+        )
+        print(
+            f"load average before: {load_before:.1f}, after: {os.getloadavg()[0]:.1f} "
+            f"(wall-clock numbers assume an idle machine; CPU seconds are steadier)"
+        )
         print(f"{'contender':<14}{'seconds':>9}{'samples/s':>11}{'MB/s in':>9}{'CPU s':>8}")
         for name, s in seconds.items():
             print(f"{name:<14}{s:>9.2f}{args.images / s:>11.0f}{size / 1e6 / s:>9.0f}{cpu[name]:>8.2f}")
@@ -136,18 +167,43 @@ def main() -> None:
         floor_ratio = seconds["ours"] / seconds["floor_stdlib"]
         simd_ratio = seconds["ours"] / seconds["floor"]
         print(f"ours vs LMDB builder: {ratio:.2f}x as fast (target > 1)")
-        print(f"ours vs the floor as the issue measured it (stdlib base64): {floor_ratio:.2f}x its time (target <= 1.3)")
-        print(f"ours vs a floor with our SIMD decoder: {simd_ratio:.2f}x its time" + (
-            " (most of the gap is the sha256 every shard's stats carry: ~1 GB/s per core here)" if simd_ratio > 1.3 else ""))
-        print(f"in CPU seconds: LMDB builder / ours = {cpu['baseline'] / cpu['ours']:.2f}, ours / stdlib floor = "
-              f"{cpu['ours'] / cpu['floor_stdlib']:.2f}, ours / SIMD floor = {cpu['ours'] / cpu['floor']:.2f}")
-        print("BENCH " + json.dumps({
-            "stage": "to_shards", "unit": "samples/s", "ours": round(args.images / seconds["ours"], 1),
-            "baseline": round(args.images / seconds["baseline"], 1), "ratio": round(ratio, 3), "target": 1.0,
-            "floor": round(args.images / seconds["floor_stdlib"], 1), "floor_ratio": round(floor_ratio, 3),
-            "floor_target": 1.3, "floor_simd": round(args.images / seconds["floor"], 1),
-            "floor_simd_ratio": round(simd_ratio, 3), "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
-            "load_before": round(load_before, 1), "images": args.images, "mb_in": round(size / 1e6, 1)}))
+        print(
+            f"ours vs the floor as the issue measured it (stdlib base64): {floor_ratio:.2f}x its time (target <= 1.3)"
+        )
+        print(
+            f"ours vs a floor with our SIMD decoder: {simd_ratio:.2f}x its time"
+            + (
+                " (most of the gap is the sha256 every shard's stats carry: ~1 GB/s per core here)"
+                if simd_ratio > 1.3
+                else ""
+            )
+        )
+        print(
+            f"in CPU seconds: LMDB builder / ours = {cpu['baseline'] / cpu['ours']:.2f}, ours / stdlib floor = "
+            f"{cpu['ours'] / cpu['floor_stdlib']:.2f}, ours / SIMD floor = {cpu['ours'] / cpu['floor']:.2f}"
+        )
+        print(
+            "BENCH "
+            + json.dumps(
+                {
+                    "stage": "to_shards",
+                    "unit": "samples/s",
+                    "ours": round(args.images / seconds["ours"], 1),
+                    "baseline": round(args.images / seconds["baseline"], 1),
+                    "ratio": round(ratio, 3),
+                    "target": 1.0,
+                    "floor": round(args.images / seconds["floor_stdlib"], 1),
+                    "floor_ratio": round(floor_ratio, 3),
+                    "floor_target": 1.3,
+                    "floor_simd": round(args.images / seconds["floor"], 1),
+                    "floor_simd_ratio": round(simd_ratio, 3),
+                    "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
+                    "load_before": round(load_before, 1),
+                    "images": args.images,
+                    "mb_in": round(size / 1e6, 1),
+                }
+            )
+        )
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

@@ -7,13 +7,15 @@ the local-loss InfoNCE (local rows × global columns), with and without gradient
 
 Both sides train the same model on the same random inputs with the same global batch; the step excludes data loading.
 Peak memory is each rank's resident-set high-water mark above what it held after imports (reset through
-/proc/self/clear_refs), the CPU counterpart of torch.cuda.max_memory_allocated. Both sides run with glibc's mmap threshold
-fixed at 128 KiB: by default glibc raises it after each large free, and then keeps freed activations resident, so the
-high-water mark measured the allocator's history (and penalised checkpointing's recompute) instead of live tensors.
+/proc/self/clear_refs), the CPU counterpart of torch.cuda.max_memory_allocated. Both sides run with glibc's mmap
+threshold fixed at 128 KiB: by default glibc raises it after each large free, and then keeps freed activations
+resident, so the high-water mark measured the allocator's history (and penalised checkpointing's recompute) instead of
+live tensors.
 Prints a table and BENCH lines.
 
     python benchmarks/bench_train.py [--model NAME] [--batch 64] [--steps 8] [--cap-mb 1500]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +65,8 @@ def baseline_loss(img, txt, scale):
     gathered_txt = [torch.zeros_like(txt) for _ in range(world)]
     dist.all_gather(gathered_img, img)
     dist.all_gather(gathered_txt, txt)
-    all_img = torch.cat([img] + gathered_img[:rank] + gathered_img[rank + 1:])
-    all_txt = torch.cat([txt] + gathered_txt[:rank] + gathered_txt[rank + 1:])
+    all_img = torch.cat([img] + gathered_img[:rank] + gathered_img[rank + 1 :])
+    all_txt = torch.cat([txt] + gathered_txt[:rank] + gathered_txt[rank + 1 :])
     logits = scale * all_img @ all_txt.t()
     labels = torch.arange(len(logits), device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
@@ -102,9 +104,16 @@ def rank_main(mode: str, model_name: str, batches: list[int], steps: int, result
             with torch.no_grad():  # Chinese-CLIP clamps logit_scale after every step too
                 model.logit_scale.clamp_(0, math.log(100))
     else:
-        run_cfg = load_config(None, ["deepspeed.zero_stage=2", "deepspeed.precision=fp32",
-                                     f"data.batch_size={batches[0]}",
-                                     "optim.max_steps=1000", "optim.warmup=0"])
+        run_cfg = load_config(
+            None,
+            [
+                "deepspeed.zero_stage=2",
+                "deepspeed.precision=fp32",
+                f"data.batch_size={batches[0]}",
+                "optim.max_steps=1000",
+                "optim.warmup=0",
+            ],
+        )
         engine = eng.build_engine(model, run_cfg, max_steps=1000)
         # The trainer's own step (fp32 temperature, finiteness watch, logit_scale clamp), checked every 10th step as
         # at the default train.log_every.
@@ -112,9 +121,17 @@ def rank_main(mode: str, model_name: str, batches: list[int], steps: int, result
 
         def step(images, ids, mask):
             state["step"] += 1
-            _, state["logit_scale"] = train_step(engine, images, ids, mask, (None, None), state["logit_scale"],
-                                                 watch=state["watch"], step=state["step"],
-                                                 check=state["step"] % 10 == 0)
+            _, state["logit_scale"] = train_step(
+                engine,
+                images,
+                ids,
+                mask,
+                (None, None),
+                state["logit_scale"],
+                watch=state["watch"],
+                step=state["step"],
+                check=state["step"] % 10 == 0,
+            )
 
     records = []
     for batch in batches:
@@ -147,9 +164,26 @@ def launch(mode: str, model: str, batches: list[int], steps: int, extra_env: dic
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
         env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", **(extra_env or {}))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               __file__, "--rank-mode", mode, "--model", model, "--batches", ",".join(map(str, batches)),
-               "--steps", str(steps), "--result", str(result)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            __file__,
+            "--rank-mode",
+            mode,
+            "--model",
+            model,
+            "--batches",
+            ",".join(map(str, batches)),
+            "--steps",
+            str(steps),
+            "--result",
+            str(result),
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             log = Path(tempfile.gettempdir()) / f"bench_train_{mode}.log"
@@ -180,34 +214,66 @@ def main() -> None:
         rank_main(args.rank_mode, args.model, [int(b) for b in args.batches.split(",")], args.steps, args.result)
         return
 
-    modes = {"ddp": "baseline: DDP, gather w/o grad, full N×N", "ours": "ours: ZeRO-2, local loss",
-             "ours_ckpt": "ours: ZeRO-2, local loss, grad ckpt"}
+    modes = {
+        "ddp": "baseline: DDP, gather w/o grad, full N×N",
+        "ours": "ours: ZeRO-2, local loss",
+        "ours_ckpt": "ours: ZeRO-2, local loss, grad ckpt",
+    }
     sweep = sorted({args.batch, *map(int, args.sweep.split(","))})
     # With the threshold fixed, freed activations leave the resident set, so one process per trainer can sweep the
     # batches, resetting the high-water mark before each.
-    peaks = {mode: {b: r["peak_mb"] for b, r in launch(mode, args.model, sweep, args.memory_steps, MEMORY_ENV).items()}
-             for mode in modes}
+    peaks = {
+        mode: {b: r["peak_mb"] for b, r in launch(mode, args.model, sweep, args.memory_steps, MEMORY_ENV).items()}
+        for mode in modes
+    }
     times = {mode: launch(mode, args.model, [args.batch], args.steps)[args.batch]["step_s"] for mode in modes}
 
-    print(f"model {args.model}, 2 ranks × batch {args.batch} (global {2 * args.batch}), CPU/gloo, "
-          f"median of {args.steps} steps")
+    print(
+        f"model {args.model}, 2 ranks × batch {args.batch} (global {2 * args.batch}), CPU/gloo, "
+        f"median of {args.steps} steps"
+    )
     print(f"{'trainer':<44}{'step s':>9}{'peak MB/rank':>14}{f'largest batch ≤ {args.cap_mb:.0f} MB':>24}")
     for mode, label in modes.items():
         largest = largest_within(peaks[mode], args.cap_mb)
         print(f"{label:<44}{times[mode]:>9.3f}{peaks[mode][args.batch]:>14.0f}{str(largest):>24}")
-    print("peak memory ours+ckpt/baseline by batch per rank: " + ", ".join(
-        f"{b}: {peaks['ours_ckpt'][b] / peaks['ddp'][b]:.2f}" for b in sweep))
+    print(
+        "peak memory ours+ckpt/baseline by batch per rank: "
+        + ", ".join(f"{b}: {peaks['ours_ckpt'][b] / peaks['ddp'][b]:.2f}" for b in sweep)
+    )
     time_ratio = times["ours"] / times["ddp"]
     memory_ratio = peaks["ours_ckpt"][args.batch] / peaks["ddp"][args.batch]
-    print(f"step time ours/baseline: {time_ratio:.2f} (target ≤ 1.1); with checkpointing "
-          f"{times['ours_ckpt'] / times['ddp']:.2f}")
+    print(
+        f"step time ours/baseline: {time_ratio:.2f} (target ≤ 1.1); with checkpointing "
+        f"{times['ours_ckpt'] / times['ddp']:.2f}"
+    )
     print(f"peak memory ours+ckpt/baseline: {memory_ratio:.2f} (target ≤ 0.5); batches tried {sweep}")
-    print("BENCH " + json.dumps({"stage": "train step (time)", "ours": round(times["ours"], 4),
-                                 "baseline": round(times["ddp"], 4), "ratio": round(time_ratio, 3), "target": "<= 1.1",
-                                 "unit": "s/step"}))
-    print("BENCH " + json.dumps({"stage": "train peak memory", "ours": round(peaks["ours_ckpt"][args.batch]),
-                                 "baseline": round(peaks["ddp"][args.batch]), "ratio": round(memory_ratio, 3),
-                                 "target": "<= 0.5", "unit": "MB/rank"}))
+    print(
+        "BENCH "
+        + json.dumps(
+            {
+                "stage": "train step (time)",
+                "ours": round(times["ours"], 4),
+                "baseline": round(times["ddp"], 4),
+                "ratio": round(time_ratio, 3),
+                "target": "<= 1.1",
+                "unit": "s/step",
+            }
+        )
+    )
+    print(
+        "BENCH "
+        + json.dumps(
+            {
+                "stage": "train peak memory",
+                "ours": round(peaks["ours_ckpt"][args.batch]),
+                "baseline": round(peaks["ddp"][args.batch]),
+                "ratio": round(memory_ratio, 3),
+                "target": "<= 0.5",
+                "unit": "MB/rank",
+            }
+        )
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,7 @@
 DeepSpeed ZeRO checkpoint dir, and a training run dir (the trainer's ``train.output_dir``), all read into
 ``(native fp32 state dict, CLIPConfig, format)``. DeepSpeed is imported here, and only when a DeepSpeed dir is read.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -30,9 +31,11 @@ def resolve(path: str | Path) -> tuple[Path, str]:
         return path / RUN_EXPORT, detect_model_format(path / RUN_EXPORT)
     if _deepspeed_tag(path / RUN_CHECKPOINTS) is not None:
         return path / RUN_CHECKPOINTS, "deepspeed"
-    raise WeightsError(f"{path}: neither a Hugging Face ChineseCLIPModel dir (config.json), a DeepSpeed checkpoint dir "
-                       f"(a 'latest' file or *model_states.pt) nor a training run dir ({RUN_EXPORT}, or "
-                       f"{RUN_CHECKPOINTS}/ with a 'latest' file)")
+    raise WeightsError(
+        f"{path}: neither a Hugging Face ChineseCLIPModel dir (config.json), a DeepSpeed checkpoint dir "
+        f"(a 'latest' file or *model_states.pt) nor a training run dir ({RUN_EXPORT}, or "
+        f"{RUN_CHECKPOINTS}/ with a 'latest' file)"
+    )
 
 
 def detect_format(path: str | Path) -> str:
@@ -103,8 +106,9 @@ def load_model(path: str | Path, name: str | None = None, grad_checkpointing: bo
     return model
 
 
-def convert(src: str | Path, dst: str | Path, to: str, name: str | None = None,
-            vocab_file: str | Path | None = None) -> str:
+def convert(
+    src: str | Path, dst: str | Path, to: str, name: str | None = None, vocab_file: str | Path | None = None
+) -> str:
     """Read ``src`` in whatever format it is, check it builds the model it describes, write ``dst`` as ``to``."""
     from .model.clip import build_model
     from .model.tokenizer import default_vocab_file

@@ -9,6 +9,7 @@ caller's device. A process without a group (or with a group of one) takes the sa
 The trainer starts the group through DeepSpeed (its comm layer must know the group), the evaluator with plain
 ``torch.distributed`` (DeepSpeed's init would JIT-compile its CPU shm comm for nothing); both go through ``start``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,6 +43,7 @@ def world() -> int:
 
 
 # --------------------------------------------------------------------------------------- the process group
+
 
 class _NoCpuFallbackWarning(logging.Filter):
     """DeepSpeed warns "Setting accelerator to CPU ... unable to detect it" on every rank of a GPU-less machine, at its
@@ -122,6 +124,7 @@ def stop() -> None:
 
 
 # --------------------------------------------------------------------------------------------- collectives
+
 
 def backend_device() -> torch.device:
     """Where a tensor must be to take part in a collective of the current group."""

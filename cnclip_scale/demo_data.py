@@ -8,6 +8,7 @@ describe a colour × digit class and list every image of it (several ground-trut
 Also writes ``zeroshot_classes.txt`` (the 60 class names, one per line): a valid/test image's caption is its class
 name, which is how the evaluator labels it for zero-shot accuracy.
 """
+
 from __future__ import annotations
 
 import base64
@@ -20,9 +21,21 @@ import numpy as np
 from PIL import Image
 
 DIGITS = "零一二三四五六七八九"
-COLOURS = {"红色": (220, 40, 40), "绿色": (40, 170, 60), "蓝色": (40, 80, 220), "黄色": (230, 200, 30),
-           "紫色": (150, 60, 190), "橙色": (245, 130, 20)}
-TRAIN_TEMPLATES = ["一个{c}的手写数字{d}", "{c}的数字{d}", "手写的{d}，颜色是{c}", "这是{c}的{d}", "图片里有一个{c}的数字{d}"]
+COLOURS = {
+    "红色": (220, 40, 40),
+    "绿色": (40, 170, 60),
+    "蓝色": (40, 80, 220),
+    "黄色": (230, 200, 30),
+    "紫色": (150, 60, 190),
+    "橙色": (245, 130, 20),
+}
+TRAIN_TEMPLATES = [
+    "一个{c}的手写数字{d}",
+    "{c}的数字{d}",
+    "手写的{d}，颜色是{c}",
+    "这是{c}的{d}",
+    "图片里有一个{c}的数字{d}",
+]
 CLASS_TEMPLATE = "一个{c}的手写数字{d}"
 
 
@@ -43,8 +56,9 @@ def render(digit_image: np.ndarray, colour: tuple, rng: random.Random, size: int
     return out.getvalue()
 
 
-def build(root: str | Path, size: int = 32, splits=(("train", 0.78), ("valid", 0.07), ("test", 0.15)),
-          seed: int = 0) -> dict[str, dict]:
+def build(
+    root: str | Path, size: int = 32, splits=(("train", 0.78), ("valid", 0.07), ("test", 0.15)), seed: int = 0
+) -> dict[str, dict]:
     """Write the seed-layout demo dataset under ``root``; returns per-split counts. Deterministic for a seed."""
     from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
 
@@ -58,7 +72,7 @@ def build(root: str | Path, size: int = 32, splits=(("train", 0.78), ("valid", 0
     counts, start, image_id, text_id = {}, 0, 100000, 1
     for split, fraction in splits:
         n = round(fraction * len(order)) if split != splits[-1][0] else len(order) - start
-        members = order[start:start + n]
+        members = order[start : start + n]
         start += n
         by_class: dict[str, list[int]] = {}
         texts = []
@@ -84,5 +98,6 @@ def build(root: str | Path, size: int = 32, splits=(("train", 0.78), ("valid", 0
                 f.write(json.dumps(t, ensure_ascii=False) + "\n")
         counts[split] = {"images": len(members), "texts": len(texts), "classes": len(by_class)}
     (root / "zeroshot_classes.txt").write_text(
-        "".join(class_name(c, d) + "\n" for c in colours for d in range(10)), encoding="utf-8")
+        "".join(class_name(c, d) + "\n" for c in colours for d in range(10)), encoding="utf-8"
+    )
     return counts

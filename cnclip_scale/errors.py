@@ -7,6 +7,7 @@ and the others exit silently with the same code; a job's log then holds the mess
 
 This module imports nothing heavy: the commands use it before torch or DeepSpeed are loaded.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID (our sbatch scripts also export MASTER_A
 ``python launch/x.py`` gets rank 0 of 1 on a free loopback port, so DeepSpeed need not look for MPI.
 Starting the process group itself is ``cnclip_scale.comm.start``.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,7 +42,8 @@ def detect(environ: dict | None = None) -> RankInfo:
 
 
 def export_env(info: RankInfo) -> None:
-    """Make the torch.distributed env:// rendezvous variables agree with ``info`` (srun and single process lack them)."""
+    """Make the torch.distributed env:// rendezvous variables agree with ``info`` (srun and a single process lack
+    them)."""
     os.environ["RANK"] = str(info.rank)
     os.environ["WORLD_SIZE"] = str(info.world_size)
     os.environ["LOCAL_RANK"] = str(info.local_rank)
@@ -49,13 +51,17 @@ def export_env(info: RankInfo) -> None:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     elif "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-        raise RuntimeError(f"launched by {info.launcher} as rank {info.rank}/{info.world_size} but MASTER_ADDR/MASTER_PORT "
-                           "are not set; export them (launch/*.sbatch derive them from the allocation)")
+        raise RuntimeError(
+            f"launched by {info.launcher} as rank {info.rank}/{info.world_size} but MASTER_ADDR/MASTER_PORT "
+            "are not set; export them (launch/*.sbatch derive them from the allocation)"
+        )
     try:  # an unresolvable master makes the rendezvous retry for its whole timeout (30 min): fail now instead
         socket.getaddrinfo(os.environ["MASTER_ADDR"], None)
     except socket.gaierror:
-        raise RuntimeError(f"MASTER_ADDR={os.environ['MASTER_ADDR']} does not resolve; use an address the ranks can "
-                           "reach (launch/*.sbatch take the first node's NodeAddr)") from None
+        raise RuntimeError(
+            f"MASTER_ADDR={os.environ['MASTER_ADDR']} does not resolve; use an address the ranks can "
+            "reach (launch/*.sbatch take the first node's NodeAddr)"
+        ) from None
 
 
 def device_index(local_rank: int, visible: int) -> int:
@@ -70,5 +76,7 @@ def device_index(local_rank: int, visible: int) -> int:
         return local_rank
     if visible == 1:
         return 0
-    raise RuntimeError(f"local rank {local_rank} but only {visible} devices are visible to this process: give each "
-                       "task all of its node's GPUs (srun --gpu-bind=none) or exactly one (--gpus-per-task=1)")
+    raise RuntimeError(
+        f"local rank {local_rank} but only {visible} devices are visible to this process: give each "
+        "task all of its node's GPUs (srun --gpu-bind=none) or exactly one (--gpus-per-task=1)"
+    )

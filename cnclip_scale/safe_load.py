@@ -4,6 +4,7 @@ DeepSpeed's checkpoint engine calls ``torch.load(..., weights_only=False)``. Ins
 ``torch.load`` runs with ``weights_only=True`` and an allowlist of the few plain classes DeepSpeed writes into its
 files (enums and config records, no callables), so a crafted checkpoint cannot run code.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,16 +18,19 @@ def _allowed() -> list:
     allowed: list = [argparse.Namespace, collections.OrderedDict, collections.defaultdict]
     try:
         from deepspeed.runtime.zero.config import ZeroStageEnum
+
         allowed.append(ZeroStageEnum)
     except ImportError:
         pass
     try:
         from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+
         allowed += [DynamicLossScaler, LossScaler]
     except ImportError:
         pass
     try:
         from deepspeed.utils.tensor_fragment import fragment_address
+
         allowed.append(fragment_address)
     except ImportError:
         pass

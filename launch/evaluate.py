@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """`cnclip evaluate` as a file, for launchers that run one: torchrun, deepspeed, srun (cnclip_scale/cli/evaluate.py)."""
+
 import sys
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """`cnclip train` as a file, for launchers that run one: deepspeed, torchrun, srun (cnclip_scale/cli/train.py)."""
+
 import sys
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """Fixtures shared by several test folders. Only the S3 server lives here (used by tests/shards and,
 later, the data pipeline and demo tests); each folder keeps its own fixtures in its own conftest.py."""
+
 import pytest
 
 from tests.helpers.s3_server import start_s3_server

@@ -4,6 +4,7 @@ The GPU numbers come from a GPU machine; what runs here is everything that produ
 DDP baseline (gloo, world size 1) trained a few steps on synthetic batches, the FLOPs formula against FlopCounterMode,
 the largest-batch search driving real contenders, the loader rate, the table, the BENCH lines and the JSON.
 """
+
 import importlib.util
 import json
 import os
@@ -32,9 +33,11 @@ def bench():
 def fits_up_to(limit: int, calls: list):
     """A stand-in for a GPU: batches above ``limit`` run out of memory (the trial answers None, as the real one does
     after catching torch.cuda.OutOfMemoryError)."""
+
     def trial(batch):
         calls.append(batch)
         return {"batch": batch} if batch <= limit else None
+
     return trial
 
 
@@ -78,7 +81,9 @@ def test_peak_flops_table(bench):
 def test_without_cuda_it_skips_in_one_line():
     result = subprocess.run([sys.executable, str(BENCH)], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
-    assert result.stdout.strip().splitlines() == ["bench_gpu: skipped: no CUDA GPU here (torch.cuda.is_available() is False)"]
+    assert result.stdout.strip().splitlines() == [
+        "bench_gpu: skipped: no CUDA GPU here (torch.cuda.is_available() is False)"
+    ]
 
 
 @pytest.mark.integration
@@ -86,9 +91,30 @@ def test_cpu_twin_runs_every_code_path(tmp_path):
     """~40 s on 2 cores (the first DeepSpeed init on a machine also JIT-compiles its CPU shm op, ~30 s, cached after;
     the integration tests that run earlier in `make test` pay it)."""
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(BENCH), "--device", "cpu", "--model", TINY, "--batch", "8", "--max-batch", "16",
-           "--modes", "ours_ckpt,ddp_ckpt", "--search-modes", "ours_ckpt", "--quick", "--loader-images", "128", "--json", str(out)]
-    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    cmd = [
+        sys.executable,
+        str(BENCH),
+        "--device",
+        "cpu",
+        "--model",
+        TINY,
+        "--batch",
+        "8",
+        "--max-batch",
+        "16",
+        "--modes",
+        "ours_ckpt,ddp_ckpt",
+        "--search-modes",
+        "ours_ckpt",
+        "--quick",
+        "--loader-images",
+        "128",
+        "--json",
+        str(out),
+    ]
+    result = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONUNBUFFERED="1")
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     data = json.loads(out.read_text())
 
@@ -105,7 +131,14 @@ def test_cpu_twin_runs_every_code_path(tmp_path):
     assert data["loader"]["samples_per_s"] > 0 and data["cores_per_gpu"] > 0
     bench_lines = [json.loads(line[6:]) for line in result.stdout.splitlines() if line.startswith("BENCH ")]
     ours, baseline = (data["runs"][m]["seed_batch"]["samples_per_s"] for m in ("ours_ckpt", "ddp_ckpt"))
-    assert bench_lines == [{"stage": "GPU train +ckpt (ViT-Tiny-16, 8/GPU)", "ours": round(ours, 1),
-                            "baseline": round(baseline, 1), "ratio": round(ours / baseline, 3), "target": ">= 1",
-                            "unit": "samples/s"}]
+    assert bench_lines == [
+        {
+            "stage": "GPU train +ckpt (ViT-Tiny-16, 8/GPU)",
+            "ours": round(ours, 1),
+            "baseline": round(baseline, 1),
+            "ratio": round(ours / baseline, 3),
+            "target": ">= 1",
+            "unit": "samples/s",
+        }
+    ]
     assert "cores per GPU needed" in result.stdout and "FlopCounterMode" in result.stdout

@@ -1,4 +1,5 @@
 """Checkpoints beyond the model's own files: DeepSpeed ZeRO dirs and training run dirs (the trainer's output_dir)."""
+
 import subprocess
 import sys
 import textwrap
@@ -50,10 +51,17 @@ def assert_weights_of(sd: dict, model: torch.nn.Module):
 @pytest.fixture(scope="module")
 def zero2_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    env = train_env(RANK=0, LOCAL_RANK=0, WORLD_SIZE=1, MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port_block(1),
-                    PYTHONPATH=str(REPO))
-    subprocess.run([sys.executable, "-c", SAVE_ZERO2, str(out)], env=env, cwd=out, check=True, capture_output=True,
-                   timeout=600)
+    env = train_env(
+        RANK=0,
+        LOCAL_RANK=0,
+        WORLD_SIZE=1,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=free_port_block(1),
+        PYTHONPATH=str(REPO),
+    )
+    subprocess.run(
+        [sys.executable, "-c", SAVE_ZERO2, str(out)], env=env, cwd=out, check=True, capture_output=True, timeout=600
+    )
     return out
 
 

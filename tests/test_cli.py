@@ -1,6 +1,7 @@
 """The installed commands: every console script this distribution declares starts and answers --help (a script that
 names a missing module fails here, not on a user's machine), every `cnclip` subcommand too, with the same options
 as its script; a misspelt subcommand is one clear error."""
+
 import importlib.metadata
 import subprocess
 import sys
@@ -12,14 +13,23 @@ from cnclip_scale.cli import MODULES, command
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SCRIPTS = {"train": "launch/pretrain.py", "evaluate": "launch/evaluate.py", "to-shards": "tools/to_shards.py",
-           "inspect": "tools/inspect_shards.py", "convert": "tools/convert_checkpoint.py",
-           "plot": "tools/plot_metrics.py", "build-index": "tools/build_index.py"}
+SCRIPTS = {
+    "train": "launch/pretrain.py",
+    "evaluate": "launch/evaluate.py",
+    "to-shards": "tools/to_shards.py",
+    "inspect": "tools/inspect_shards.py",
+    "convert": "tools/convert_checkpoint.py",
+    "plot": "tools/plot_metrics.py",
+    "build-index": "tools/build_index.py",
+}
 
 
 def console_scripts() -> list[str]:
-    return sorted(ep.name for ep in importlib.metadata.entry_points(group="console_scripts")
-                  if ep.dist is not None and ep.dist.name.replace("-", "_") == "cnclip_scale")
+    return sorted(
+        ep.name
+        for ep in importlib.metadata.entry_points(group="console_scripts")
+        if ep.dist is not None and ep.dist.name.replace("-", "_") == "cnclip_scale"
+    )
 
 
 def run(*cmd) -> subprocess.CompletedProcess:
@@ -28,7 +38,7 @@ def run(*cmd) -> subprocess.CompletedProcess:
 
 def options(help_text: str) -> list[str]:
     """The option lines of a --help text (what follows its description)."""
-    return help_text[help_text.index("options:"):].splitlines()
+    return help_text[help_text.index("options:") :].splitlines()
 
 
 def test_the_distribution_declares_the_commands_users_expect():

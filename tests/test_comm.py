@@ -8,6 +8,7 @@
    comm never creates a tensor on the backend device otherwise, so this sees every path.
 3. Real gloo ranks: the collectives' results.
 """
+
 import ast
 import os
 from pathlib import Path
@@ -76,8 +77,12 @@ dist.get_rank()
 comm.all_reduce(t)
 """
     assert [c.split(": ")[1] for c in collective_calls(planted)] == [
-        "dist.all_reduce", "torch.distributed.barrier", "distributed.broadcast_object_list", "dist_fn.all_gather",
-        "ago"]
+        "dist.all_reduce",
+        "torch.distributed.barrier",
+        "distributed.broadcast_object_list",
+        "dist_fn.all_gather",
+        "ago",
+    ]
 
 
 def test_only_comm_calls_collectives():
@@ -93,6 +98,7 @@ def test_only_comm_calls_collectives():
 
 
 # ------------------------------------------------------------------------------------------ mocked NCCL
+
 
 class OnCuda(torch.Tensor):
     """A CPU tensor standing for one on cuda:0 (see the module docstring)."""
@@ -206,9 +212,11 @@ def test_nccl_gather_with_grad_moves_and_keeps_the_graph(nccl, monkeypatch):
 
 # ------------------------------------------------------------------------------------------ real gloo ranks
 
+
 def _ranks(rank, world, port, out):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     _, device, created = comm.start(use_deepspeed=False)
     try:
         assert created and device.type == "cpu" and dist.get_backend() == "gloo"
@@ -261,4 +269,9 @@ def test_stop_puts_back_the_variables_start_exported(monkeypatch):
     comm.stop()
     assert not comm.active()
     assert {k: os.environ.get(k) for k in comm.RENDEZVOUS_VARS} == {
-        "RANK": None, "WORLD_SIZE": None, "LOCAL_RANK": None, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": None}
+        "RANK": None,
+        "WORLD_SIZE": None,
+        "LOCAL_RANK": None,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": None,
+    }

@@ -1,11 +1,20 @@
 """The commands' one-line error report: rank 0 speaks, every rank returns exit code 2."""
+
 import pytest
 
 from cnclip_scale.errors import UserError, is_main_rank, report
 
 
-@pytest.mark.parametrize("env, main", [({}, True), ({"RANK": "0"}, True), ({"RANK": "1"}, False),
-                                       ({"SLURM_PROCID": "3"}, False), ({"SLURM_PROCID": "0"}, True)])
+@pytest.mark.parametrize(
+    "env, main",
+    [
+        ({}, True),
+        ({"RANK": "0"}, True),
+        ({"RANK": "1"}, False),
+        ({"SLURM_PROCID": "3"}, False),
+        ({"SLURM_PROCID": "0"}, True),
+    ],
+)
 def test_rank_0_prints_one_line_and_every_rank_exits_2(monkeypatch, capsys, env, main):
     for name in ("RANK", "SLURM_PROCID"):
         monkeypatch.delenv(name, raising=False)

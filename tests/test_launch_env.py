@@ -3,6 +3,7 @@
 The device part runs ``comm.start`` against an accelerator that reports GPUs (none exist here): what is checked is
 the order of events and what DeepSpeed will be told, not CUDA itself (tests/gpu runs it for real).
 """
+
 import os
 
 import pytest
@@ -24,10 +25,15 @@ def test_detect_every_launcher():
     assert (info.rank, info.world_size, info.local_rank, info.launcher) == (0, 1, 0, "single")
 
 
-@pytest.mark.parametrize("local_rank, visible, expected", [
-    (0, 8, 0), (7, 8, 7),       # each task sees the node's GPUs
-    (3, 1, 0), (0, 1, 0),       # --gpus-per-task=1 / a site's --gpu-bind: one visible GPU, always device 0
-])
+@pytest.mark.parametrize(
+    "local_rank, visible, expected",
+    [
+        (0, 8, 0),
+        (7, 8, 7),  # each task sees the node's GPUs
+        (3, 1, 0),
+        (0, 1, 0),  # --gpus-per-task=1 / a site's --gpu-bind: one visible GPU, always device 0
+    ],
+)
 def test_device_index(local_rank, visible, expected):
     assert device_index(local_rank, visible) == expected
 
@@ -65,7 +71,7 @@ def test_start_sets_the_device_before_the_group_and_tells_deepspeed(monkeypatch,
         monkeypatch.delenv(key)
     monkeypatch.setenv("SLURM_PROCID", "3")
     monkeypatch.setenv("SLURM_NTASKS", "4")
-    monkeypatch.setenv("SLURM_LOCALID", "1")   # second task of its node, bound to one GPU (--gpus-per-task=1)
+    monkeypatch.setenv("SLURM_LOCALID", "1")  # second task of its node, bound to one GPU (--gpus-per-task=1)
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", "29555")
     monkeypatch.setattr(comm, "_accelerator", lambda: GpuNode(1, events))
@@ -79,6 +85,7 @@ def test_start_sets_the_device_before_the_group_and_tells_deepspeed(monkeypatch,
 
     monkeypatch.setattr(dist, "init_process_group", init_process_group)
     import deepspeed
+
     monkeypatch.setattr(deepspeed, "init_distributed", init_distributed)
     info, device, created = comm.start(use_deepspeed=use_deepspeed)
     assert created and info.launcher == "srun" and device == torch.device("cuda", 0)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Convert Chinese-CLIP weights between formats: `cnclip convert`."""
+
 import sys
 from pathlib import Path
 

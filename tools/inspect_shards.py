@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Counts, sha256 check, sample preview and contact sheet for shards: `cnclip inspect`."""
+
 import sys
 from pathlib import Path
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Write the demo dataset (coloured real handwritten digits, Chinese captions) in the Chinese-CLIP seed layout.
 
-    python tools/make_demo_data.py OUT_DIR [--size 32] [--seed 0]
+python tools/make_demo_data.py OUT_DIR [--size 32] [--seed 0]
 """
+
 import argparse
 import json
 import sys

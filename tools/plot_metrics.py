@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Training curves PNG from the trainer's metrics.jsonl: `cnclip plot`."""
+
 import sys
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Seed TSV/JSONL or Chinese-CLIP LMDB -> WebDataset shards: `cnclip to-shards`. See docs/to_shards.md."""
+
 import sys
 from pathlib import Path
 

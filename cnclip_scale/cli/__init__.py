@@ -10,6 +10,7 @@
 
 Each command is a module here with ``main(argv)``; the scripts in parentheses run the same code with the same options.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,12 +19,21 @@ import sys
 
 from cnclip_scale.cli.command import Command
 
-DESCRIPTION = ("Chinese CLIP from seed data to a trained, evaluated model. `cnclip COMMAND --help` shows a command's "
-               "options; each command also runs as its script (tools/*.py, launch/*.py) with the same options.")
+DESCRIPTION = (
+    "Chinese CLIP from seed data to a trained, evaluated model. `cnclip COMMAND --help` shows a command's "
+    "options; each command also runs as its script (tools/*.py, launch/*.py) with the same options."
+)
 # subcommand -> its module here, which defines COMMAND. Imported only when needed: `launch/pretrain.py` on 64 ranks
 # imports this package and should not load every other command's dependencies (torch, faiss) to run one.
-MODULES = {"to-shards": "to_shards", "inspect": "inspect", "train": "train", "evaluate": "evaluate",
-           "convert": "convert", "plot": "plot", "build-index": "build_index"}
+MODULES = {
+    "to-shards": "to_shards",
+    "inspect": "inspect",
+    "train": "train",
+    "evaluate": "evaluate",
+    "convert": "convert",
+    "plot": "plot",
+    "build-index": "build_index",
+}
 
 
 def command(name: str) -> Command:

@@ -4,6 +4,7 @@ A command runs as ``cnclip NAME ...`` (the dispatcher in ``cnclip_scale.cli``) a
 (``launch/pretrain.py``, ``tools/to_shards.py``, ``cnclip-to-shards``): both build their parser from the same
 ``add_arguments`` and run through ``Command.execute``, so options, ``--help`` and exit codes cannot drift apart.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,11 +16,11 @@ from cnclip_scale.errors import UserError, report
 
 @dataclass(frozen=True, kw_only=True)
 class Command:
-    name: str                   # the `cnclip` subcommand
-    error_prefix: str           # what its error lines start with: the script's old name, which users' scripts match
-    description: str            # the --help text: usage examples, the first paragraph doubling as the summary
+    name: str  # the `cnclip` subcommand
+    error_prefix: str  # what its error lines start with: the script's old name, which users' scripts match
+    description: str  # the --help text: usage examples, the first paragraph doubling as the summary
     add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]   # parsed arguments -> typed config -> the package function
+    run: Callable[[argparse.Namespace], int]  # parsed arguments -> typed config -> the package function
 
     @property
     def summary(self) -> str:

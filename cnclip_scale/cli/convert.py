@@ -6,6 +6,7 @@ SRC's format is detected: an official Chinese-CLIP .pt ({"state_dict": ...}, key
 a Hugging Face ChineseCLIPModel directory, our native .safetensors file, a DeepSpeed checkpoint dir or a training
 run dir. Nothing is unpickled beyond tensors.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,9 @@ from cnclip_scale.errors import UserError
 class ConvertConfig:
     src: str
     dst: str
-    to: str                     # one of checkpoints.FORMATS
-    model: str | None = None    # registry name; inferred from the weights when None
-    vocab: str | None = None    # vocab.txt for an hf output dir; the official vocab when None
+    to: str  # one of checkpoints.FORMATS
+    model: str | None = None  # registry name; inferred from the weights when None
+    vocab: str | None = None  # vocab.txt for an hf output dir; the official vocab when None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,8 +49,13 @@ def convert_checkpoint(cfg: ConvertConfig) -> int:
     return 0
 
 
-COMMAND = Command(name="convert", error_prefix="convert_checkpoint: error", description=__doc__,
-                  add_arguments=add_arguments, run=lambda args: convert_checkpoint(config_from_args(args)))
+COMMAND = Command(
+    name="convert",
+    error_prefix="convert_checkpoint: error",
+    description=__doc__,
+    add_arguments=add_arguments,
+    run=lambda args: convert_checkpoint(config_from_args(args)),
+)
 
 
 def main(argv: list[str] | None = None) -> int:

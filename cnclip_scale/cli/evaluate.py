@@ -8,6 +8,7 @@ CKPT: native .safetensors, official .pt, HF dir, DeepSpeed checkpoint dir, or a 
 its model.safetensors, else its latest checkpoint). SRC: our shards (manifest, folder, brace URL) or a Chinese-CLIP
 seed folder ({split}_imgs.tsv + {split}_texts.jsonl). See docs/evaluation.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,25 +27,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch per rank")
     p.add_argument("--workers", type=int, default=2, help="data loader workers per rank")
     p.add_argument("--context-length", type=int, default=52)
-    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                   help="auto: bf16 (fp16 without bf16 support) on GPU, fp32 on CPU")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        default="auto",
+        help="auto: bf16 (fp16 without bf16 support) on GPU, fp32 on CPU",
+    )
     p.add_argument("--zeroshot-classes", help="class names, one per line")
     p.add_argument("--templates", help="prompt templates, one per line, '{}' marks the class name")
     p.add_argument("--save-features", action="store_true", help="also write the seed's feature JSONL files")
-    p.add_argument("--gallery-sharded", action="store_true",
-                   help="keep image features on their rank (galleries too big to gather); exact merged top-k")
+    p.add_argument(
+        "--gallery-sharded",
+        action="store_true",
+        help="keep image features on their rank (galleries too big to gather); exact merged top-k",
+    )
     p.add_argument("--thumbs-limit", type=int, default=20000, help="thumbnails kept per rank for the report")
     p.add_argument("--no-report", action="store_true")
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # set by the deepspeed launcher
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
-    return EvalConfig(checkpoint=args.checkpoint, data=args.data, output=args.output, split=args.split,
-                      top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
-                      context_length=args.context_length, precision=args.precision,
-                      zeroshot_classes=args.zeroshot_classes, templates=args.templates,
-                      save_features=args.save_features, gallery_sharded=args.gallery_sharded,
-                      thumbs_limit=args.thumbs_limit, write_report=not args.no_report)
+    return EvalConfig(
+        checkpoint=args.checkpoint,
+        data=args.data,
+        output=args.output,
+        split=args.split,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        context_length=args.context_length,
+        precision=args.precision,
+        zeroshot_classes=args.zeroshot_classes,
+        templates=args.templates,
+        save_features=args.save_features,
+        gallery_sharded=args.gallery_sharded,
+        thumbs_limit=args.thumbs_limit,
+        write_report=not args.no_report,
+    )
 
 
 def evaluate(cfg: EvalConfig) -> int:
@@ -55,8 +74,13 @@ def evaluate(cfg: EvalConfig) -> int:
     return 0
 
 
-COMMAND = Command(name="evaluate", error_prefix="evaluate", description=__doc__, add_arguments=add_arguments,
-                  run=lambda args: evaluate(config_from_args(args)))
+COMMAND = Command(
+    name="evaluate",
+    error_prefix="evaluate",
+    description=__doc__,
+    add_arguments=add_arguments,
+    run=lambda args: evaluate(config_from_args(args)),
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@
 
 Exit code 1 when a shard is missing or differs from the manifest, 2 when the split cannot be read.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,7 @@ from cnclip_scale.shards.writer import DestinationError, describe_storage_error
 
 @dataclass(frozen=True, kw_only=True)
 class InspectConfig:
-    url: str                        # the split folder (a manifest.json URL is accepted and trimmed to it)
+    url: str  # the split folder (a manifest.json URL is accepted and trimmed to it)
     verify: bool = False
     show: int = 0
     montage: str | None = None
@@ -40,8 +41,13 @@ def config_from_args(args: argparse.Namespace) -> InspectConfig:
         storage_options = json.loads(args.storage_options) if args.storage_options else {}
     except json.JSONDecodeError as err:
         raise UserError(f"--storage-options is not JSON: {err}") from None
-    return InspectConfig(url=args.url.removesuffix("manifest.json"), verify=args.verify, show=args.show,
-                         montage=args.montage, storage_options=storage_options)
+    return InspectConfig(
+        url=args.url.removesuffix("manifest.json"),
+        verify=args.verify,
+        show=args.show,
+        montage=args.montage,
+        storage_options=storage_options,
+    )
 
 
 def inspect_shards(cfg: InspectConfig) -> int:
@@ -54,8 +60,13 @@ def inspect_shards(cfg: InspectConfig) -> int:
         raise UserError(describe_storage_error(err, cfg.url, "read")) from None
 
 
-COMMAND = Command(name="inspect", error_prefix="inspect_shards: error", description=__doc__,
-                  add_arguments=add_arguments, run=lambda args: inspect_shards(config_from_args(args)))
+COMMAND = Command(
+    name="inspect",
+    error_prefix="inspect_shards: error",
+    description=__doc__,
+    add_arguments=add_arguments,
+    run=lambda args: inspect_shards(config_from_args(args)),
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@
 
 A resumed run's repeated steps count once (the last record); a torn last line is skipped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,8 @@ EXIT_NOTHING_TO_PLOT = 1
 
 @dataclass(frozen=True, kw_only=True)
 class PlotConfig:
-    metrics: str    # metrics.jsonl
-    output: str     # PNG path
+    metrics: str  # metrics.jsonl
+    output: str  # PNG path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,8 +50,13 @@ def plot_curves(cfg: PlotConfig) -> int:
     return 0
 
 
-COMMAND = Command(name="plot", error_prefix="plot_metrics: error", description=__doc__, add_arguments=add_arguments,
-                  run=lambda args: plot_curves(config_from_args(args)))
+COMMAND = Command(
+    name="plot",
+    error_prefix="plot_metrics: error",
+    description=__doc__,
+    add_arguments=add_arguments,
+    run=lambda args: plot_curves(config_from_args(args)),
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@
 
 Every input record is written or listed in rejects.jsonl; interrupted runs resume shard by shard. See docs/to_shards.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,25 +29,36 @@ class ToShardsConfig:
     dst: str
     splits: list[str]
     options: Options
-    strict: bool = False   # exit 1 after the summary if anything was rejected
+    strict: bool = False  # exit 1 after the summary if anything was rejected
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--src", required=True,
-                   help="seed-layout folder ({split}_imgs.tsv, {split}_texts.jsonl) or its lmdb/")
+    p.add_argument(
+        "--src", required=True, help="seed-layout folder ({split}_imgs.tsv, {split}_texts.jsonl) or its lmdb/"
+    )
     p.add_argument("--dst", required=True, help="local folder or fsspec URL, e.g. s3://bucket/prefix")
     p.add_argument("--splits", default="train,valid,test", help="comma-separated (default: train,valid,test)")
     p.add_argument("--from", dest="source_kind", choices=("tsv", "lmdb"), help="force the input layout")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--samples-per-shard", type=int, default=Options.samples_per_shard)
     p.add_argument("--max-shard-bytes", type=int, default=Options.max_shard_bytes)
-    p.add_argument("--group", choices=("image", "pair"), default="image",
-                   help="image: one sample per image with all its captions; pair: one per (text, image)")
-    p.add_argument("--verify", choices=("cheap", "full"), default="cheap",
-                   help="cheap: header + end marker (default); full: decode every image")
-    p.add_argument("--storage-options", default=None,
-                   help='JSON for fsspec, e.g. \'{"endpoint_url": "http://127.0.0.1:8333", "key": "...", '
-                        '"secret": "..."}\'')
+    p.add_argument(
+        "--group",
+        choices=("image", "pair"),
+        default="image",
+        help="image: one sample per image with all its captions; pair: one per (text, image)",
+    )
+    p.add_argument(
+        "--verify",
+        choices=("cheap", "full"),
+        default="cheap",
+        help="cheap: header + end marker (default); full: decode every image",
+    )
+    p.add_argument(
+        "--storage-options",
+        default=None,
+        help='JSON for fsspec, e.g. \'{"endpoint_url": "http://127.0.0.1:8333", "key": "...", "secret": "..."}\'',
+    )
     p.add_argument("--overwrite", action="store_true", help="delete the splits' existing output and start over")
     p.add_argument("--strict", action="store_true", help="exit 1 after the summary if anything was rejected")
     p.add_argument("--no-progress", action="store_true")
@@ -66,10 +78,17 @@ def config_from_args(args: argparse.Namespace) -> ToShardsConfig:
         storage_options = json.loads(args.storage_options) if args.storage_options else {}
     except json.JSONDecodeError as err:
         raise UserError(f"--storage-options is not JSON: {err}") from None
-    options = Options(group=args.group, samples_per_shard=args.samples_per_shard, max_shard_bytes=args.max_shard_bytes,
-                      verify_full=args.verify == "full", workers=args.workers, overwrite=args.overwrite,
-                      source_kind=args.source_kind, storage_options=storage_options,
-                      progress=not args.no_progress and sys.stderr.isatty())
+    options = Options(
+        group=args.group,
+        samples_per_shard=args.samples_per_shard,
+        max_shard_bytes=args.max_shard_bytes,
+        verify_full=args.verify == "full",
+        workers=args.workers,
+        overwrite=args.overwrite,
+        source_kind=args.source_kind,
+        storage_options=storage_options,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
     return ToShardsConfig(src=args.src, dst=args.dst, splits=splits, options=options, strict=args.strict)
 
 
@@ -95,13 +114,17 @@ def to_shards(cfg: ToShardsConfig) -> int:
     except Exception as err:  # storage failures mid-run and the like: one line, traceback on request
         if os.environ.get("CNCLIP_DEBUG"):
             raise
-        print(f"to_shards: error: {describe_storage_error(err, cfg.dst)} (CNCLIP_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(
+            f"to_shards: error: {describe_storage_error(err, cfg.dst)} (CNCLIP_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 2
     print(_summary(manifests))
     rejected = sum(row["rejected"] for m in manifests.values() for row in m["records"].values())
-    print(f"every record accounted for: input = written + rejected in {len(manifests)} split(s); "
-          f"{rejected} rejected (see {cfg.dst.rstrip('/')}/<split>/rejects.jsonl)")
+    print(
+        f"every record accounted for: input = written + rejected in {len(manifests)} split(s); "
+        f"{rejected} rejected (see {cfg.dst.rstrip('/')}/<split>/rejects.jsonl)"
+    )
     return 1 if cfg.strict and rejected else 0
 
 
@@ -110,8 +133,11 @@ def _where(r: dict) -> str:
 
 
 def _reject_line(r: dict) -> str:
-    who = f"image {r['id'] if r['id'] is not None else '(no id)'}" if r["record"] == "image" else (
-        f"text {r.get('text_id', '(no id)')}" + (f" -> image {r['image_id']}" if "image_id" in r else ""))
+    who = (
+        f"image {r['id'] if r['id'] is not None else '(no id)'}"
+        if r["record"] == "image"
+        else (f"text {r.get('text_id', '(no id)')}" + (f" -> image {r['image_id']}" if "image_id" in r else ""))
+    )
     return f"  {_where(r)}: {who}: {r['reason']}" + (f" ({r['detail']})" if r.get("detail") else "")
 
 
@@ -123,8 +149,10 @@ def _summary(manifests: dict[str, dict]) -> str:
         tail = f"   {t['shards']:>6} {t['bytes'] / 1e6:>7.1f} {m['seconds']:>6.1f} {mb_per_s:>6.0f}"
         for i, (kind, row) in enumerate(m["records"].items()):
             ok = "" if row["input"] == row["written"] + row["rejected"] else "  MISMATCH"
-            rows.append(f"{split if i == 0 else '':<8}{kind:<8}{row['input']:>10}{row['written']:>10}"
-                        f"{row['rejected']:>10}{tail if i == 0 else ''}{ok}")
+            rows.append(
+                f"{split if i == 0 else '':<8}{kind:<8}{row['input']:>10}{row['written']:>10}"
+                f"{row['rejected']:>10}{tail if i == 0 else ''}{ok}"
+            )
     return "\n".join(rows)
 
 
@@ -134,8 +162,11 @@ def _warn_if_empty(split: str, manifest: dict) -> None:
         return
     images, texts = manifest["records"]["images"]["input"], manifest["records"]["texts"]["input"]
     why = "the split is empty" if not images and not texts else "every image record was rejected"
-    print(f"to_shards: warning: {split}: 0 shards written: {why} ({images} image records in "
-          f"{manifest['source']['images']}, {texts} text records in {manifest['source']['texts']})", file=sys.stderr)
+    print(
+        f"to_shards: warning: {split}: 0 shards written: {why} ({images} image records in "
+        f"{manifest['source']['images']}, {texts} text records in {manifest['source']['texts']})",
+        file=sys.stderr,
+    )
 
 
 def _print_rejects(dest: Destination, split: str, manifest: dict) -> None:
@@ -151,8 +182,13 @@ def _print_rejects(dest: Destination, split: str, manifest: dict) -> None:
             print(_reject_line(json.loads(line)), file=sys.stderr)
 
 
-COMMAND = Command(name="to-shards", error_prefix="to_shards: error", description=__doc__, add_arguments=add_arguments,
-                  run=lambda args: to_shards(config_from_args(args)))
+COMMAND = Command(
+    name="to-shards",
+    error_prefix="to_shards: error",
+    description=__doc__,
+    add_arguments=add_arguments,
+    run=lambda args: to_shards(config_from_args(args)),
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@
 Overrides are dotted config keys, e.g. optim.lr=3e-5 deepspeed.zero_stage=3 train.output_dir=runs/x.
 Exit codes: 2 for a setting, path or file to fix (one line from rank 0), 3 for a loss that stopped being finite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,13 @@ def run_training(cfg: RunConfig) -> int:
     return 0
 
 
-COMMAND = Command(name="train", error_prefix="pretrain", description=__doc__, add_arguments=add_arguments,
-                  run=lambda args: run_training(config_from_args(args)))
+COMMAND = Command(
+    name="train",
+    error_prefix="pretrain",
+    description=__doc__,
+    add_arguments=add_arguments,
+    run=lambda args: run_training(config_from_args(args)),
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@
 settings of one train-style loader (``pipeline.build_train_loader``). Tests and benchmarks that need a combination
 the two splits do not make (e.g. an exact, shuffled epoch without ``drop_last``) build a ``Reading`` directly.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,15 +16,16 @@ Split = Literal["train", "valid"]
 @dataclass(kw_only=True)
 class Reading:
     """One loader's epochs: which sources, how they are cut into batches and shuffled."""
-    sources: list[str] | str                 # manifest URLs, folders or brace patterns; ``a::b`` mixes
-    batch_size: int                          # per rank
+
+    sources: list[str] | str  # manifest URLs, folders or brace patterns; ``a::b`` mixes
+    batch_size: int  # per rank
     workers: int = 0
     weights: list[float] | str | None = None  # mixing weights, one per source (resampled epochs only)
-    resampled: bool = False                  # shards drawn with replacement instead of every sample once
-    epoch_samples: int | None = None         # resampled epochs: samples per epoch (default: the sources' total)
-    shuffle_buffer: int = 1000               # per worker, in samples
-    shard_shuffle: bool = True               # a new shard order every epoch
-    drop_last: bool = False                  # only full global batches (what a gathered loss needs)
+    resampled: bool = False  # shards drawn with replacement instead of every sample once
+    epoch_samples: int | None = None  # resampled epochs: samples per epoch (default: the sources' total)
+    shuffle_buffer: int = 1000  # per worker, in samples
+    shard_shuffle: bool = True  # a new shard order every epoch
+    drop_last: bool = False  # only full global batches (what a gathered loss needs)
 
 
 @dataclass(kw_only=True)
@@ -42,11 +44,25 @@ class DataCfg:
     def reading(self, split: Split) -> Reading:
         if split == "train":
             # Training gathers features across ranks, so every rank's batch must be full.
-            return Reading(sources=self.train, weights=self.train_weights, batch_size=self.batch_size,
-                           workers=self.workers, resampled=self.resampled, epoch_samples=self.epoch_samples,
-                           shuffle_buffer=self.shuffle_buffer, shard_shuffle=True, drop_last=True)
+            return Reading(
+                sources=self.train,
+                weights=self.train_weights,
+                batch_size=self.batch_size,
+                workers=self.workers,
+                resampled=self.resampled,
+                epoch_samples=self.epoch_samples,
+                shuffle_buffer=self.shuffle_buffer,
+                shard_shuffle=True,
+                drop_last=True,
+            )
         if split == "valid":
             # Validation scores each rank's batches alone: every sample once, in order, the last batches short.
-            return Reading(sources=self.valid, batch_size=self.valid_batch_size, workers=self.workers,
-                           shuffle_buffer=0, shard_shuffle=False, drop_last=False)
+            return Reading(
+                sources=self.valid,
+                batch_size=self.valid_batch_size,
+                workers=self.workers,
+                shuffle_buffer=0,
+                shard_shuffle=False,
+                drop_last=False,
+            )
         raise ValueError(f"split {split!r} is not one of train, valid")

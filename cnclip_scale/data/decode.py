@@ -10,6 +10,7 @@ twice the target side, then converts to RGB once and resizes with the model's pr
 Damage never stops an epoch: a corrupt image, a bad caption JSON, or a shard that cannot be opened or
 ends early is logged (rate-limited, naming shard and key) and counted in ``Counters``.
 """
+
 from __future__ import annotations
 
 import io
@@ -78,7 +79,7 @@ class Counters:
 class RawSample:
     key: str
     url: str
-    members: dict          # extension -> bytes
+    members: dict  # extension -> bytes
 
 
 def _members(f, url: str) -> Iterator[tarfile.TarInfo]:
@@ -90,8 +91,9 @@ def _members(f, url: str) -> Iterator[tarfile.TarInfo]:
                 yield tar, info
 
 
-def read_samples(url: str, first: int, count: int, wanted, counters: Counters,
-                 storage_options: dict | None = None) -> Iterator[tuple[int, RawSample | None]]:
+def read_samples(
+    url: str, first: int, count: int, wanted, counters: Counters, storage_options: dict | None = None
+) -> Iterator[tuple[int, RawSample | None]]:
     """Samples ``first .. first+count-1`` of the shard at ``url`` as ``(index, RawSample)``; data is read
     only where ``wanted(index)``. Every index in the range is yielded once (``None`` when the shard is
     unreadable or ends early), so callers can account for every planned sample."""
@@ -124,12 +126,18 @@ def read_samples(url: str, first: int, count: int, wanted, counters: Counters,
                     yield out
                 done = index + 1
     except Exception as err:  # a damaged or vanished shard: what it did not give is counted below
-        counters.bad("unreadable_shards", f"shard {url}: unreadable after sample {index} (key {key!r}): "
-                                          f"{type(err).__name__}: {err}")
+        counters.bad(
+            "unreadable_shards",
+            f"shard {url}: unreadable after sample {index} (key {key!r}): {type(err).__name__}: {err}",
+        )
     missing = [i for i in range(max(done, first), stop) if wanted(i)]
     if missing:
-        counters.bad("missing_samples", f"shard {url}: {len(missing)} planned sample(s) not delivered "
-                                        f"(shard shorter than its manifest count or unreadable)", len(missing))
+        counters.bad(
+            "missing_samples",
+            f"shard {url}: {len(missing)} planned sample(s) not delivered "
+            f"(shard shorter than its manifest count or unreadable)",
+            len(missing),
+        )
         for i in missing:
             yield i, None
 

@@ -10,6 +10,7 @@ evaluator can tell an id repeated within a source from two sources' different im
 Shares may differ by a batch between ranks; the evaluator gathers embeddings after the loop, so no
 rank waits on another mid-stream. Damaged samples are skipped and counted like in training.
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,15 +52,21 @@ class _EvalBase(IterableDataset):
     @staticmethod
     def _collate(batch, counters: Counters) -> dict:
         images, image_ids, texts, keys, sources = zip(*batch)
-        return {"images": torch.stack(images), "image_ids": list(image_ids), "texts": list(texts),
-                "keys": list(keys), "sources": list(sources), "_loader": {"counts": counters.take()}}
+        return {
+            "images": torch.stack(images),
+            "image_ids": list(image_ids),
+            "texts": list(texts),
+            "keys": list(keys),
+            "sources": list(sources),
+            "_loader": {"counts": counters.take()},
+        }
 
 
 class ShardEvalStream(_EvalBase):
     def __init__(self, shards: list[Shard], storage_options: dict, source_of: list[int] | None = None, **kw):
         super().__init__(**kw)
         self.shards, self.storage_options = shards, storage_options
-        self.source_of = source_of or [0] * len(shards)     # per shard: index of its source
+        self.source_of = source_of or [0] * len(shards)  # per shard: index of its source
 
     def __iter__(self):
         counters, transform = Counters(), resize_to_uint8(self.image_size, train=False)
@@ -81,8 +88,9 @@ class ShardEvalStream(_EvalBase):
                     image, image_id, texts = parse_sample(raw, self.image_size)
                     yield transform(image), image_id, texts, raw.key, source
                 except Exception as err:
-                    counters.bad("corrupt_samples", f"shard {raw.url} key {raw.key}: skipped: "
-                                                    f"{type(err).__name__}: {err}")
+                    counters.bad(
+                        "corrupt_samples", f"shard {raw.url} key {raw.key}: skipped: {type(err).__name__}: {err}"
+                    )
 
 
 class SeedEvalStream(_EvalBase):
@@ -104,8 +112,11 @@ class SeedEvalStream(_EvalBase):
             # As the converter does: ids compare as text (1 and "1" are one id), the first line owns it.
             if seen.setdefault(str(record.text_id), line) != line:
                 first = seen[str(record.text_id)]
-                counters.bad("corrupt_samples", f"{self.texts_jsonl}:{line}: skipped text: duplicate_text_id: "
-                                                f"text_id {record.text_id!r} first seen at line {first}")
+                counters.bad(
+                    "corrupt_samples",
+                    f"{self.texts_jsonl}:{line}: skipped text: duplicate_text_id: "
+                    f"text_id {record.text_id!r} first seen at line {first}",
+                )
                 continue
             for image_id in record.image_ids:
                 captions.setdefault(image_id, []).append((str(record.text_id), record.text))
@@ -125,8 +136,14 @@ class SeedEvalStream(_EvalBase):
                     counters.bad("corrupt_samples", f"{self.images_tsv} line at byte {offset}: skipped: {bad}")
                 continue
             try:
-                yield (transform(decode_image(data, self.image_size)), image_id, captions.get(image_id, []), image_id,
-                       0)
+                yield (
+                    transform(decode_image(data, self.image_size)),
+                    image_id,
+                    captions.get(image_id, []),
+                    image_id,
+                    0,
+                )
             except Exception as err:
-                counters.bad("corrupt_samples", f"{self.images_tsv} image {image_id}: skipped: "
-                                                f"{type(err).__name__}: {err}")
+                counters.bad(
+                    "corrupt_samples", f"{self.images_tsv} image {image_id}: skipped: {type(err).__name__}: {err}"
+                )

@@ -2,6 +2,7 @@
 
 Hashed in the DataLoader workers (part of each batch), so the training step does no per-sample Python work on the host.
 """
+
 from __future__ import annotations
 
 import hashlib

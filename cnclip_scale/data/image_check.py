@@ -5,6 +5,7 @@ check is what catches the common damage in base64 dumps: images cut short. JPEG 
 of Chinese-CLIP's data) are checked by walking their headers here, which is ~20x cheaper than
 PIL.Image.open (it parses every quantisation and Huffman table); other formats go through PIL.
 """
+
 from __future__ import annotations
 
 import io
@@ -57,21 +58,24 @@ def _check_jpeg_header(data: bytes) -> None:
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             if pos + 9 > end:
                 break
-            width = int.from_bytes(data[pos + 7:pos + 9], "big")  # (the height, at pos + 5, may be 0 until the DNL)
+            width = int.from_bytes(data[pos + 7 : pos + 9], "big")  # (the height, at pos + 5, may be 0 until the DNL)
             if not width:
                 raise BadRecord("not_an_image", "JPEG frame header with zero width")
             return
         if marker in (0xDA, 0xD9):
             raise BadRecord("not_an_image", "JPEG scan before any frame header")
-        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
     raise BadRecord("truncated_image", f"JPEG of {len(data)} bytes ends inside its header")
 
 
 def _check_png_header(data: bytes) -> None:
     if len(data) < 33:
         raise BadRecord("truncated_image", f"PNG of {len(data)} bytes ends inside its header")
-    if data[8:16] != b"\x00\x00\x00\x0dIHDR" or not int.from_bytes(data[16:20], "big") \
-            or not int.from_bytes(data[20:24], "big"):
+    if (
+        data[8:16] != b"\x00\x00\x00\x0dIHDR"
+        or not int.from_bytes(data[16:20], "big")
+        or not int.from_bytes(data[20:24], "big")
+    ):
         raise BadRecord("not_an_image", "PNG without a valid IHDR chunk")
 
 

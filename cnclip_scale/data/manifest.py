@@ -5,6 +5,7 @@ fractional sample count, a missing `shards` list) must stop the run at start wit
 file and the field — not hang a trainer or end in a KeyError traceback. Imports nothing heavy: the
 converter's `inspect_shards` uses it too.
 """
+
 from __future__ import annotations
 
 
@@ -51,7 +52,7 @@ def check_manifest(doc, where: str, full: bool = False) -> dict:
             _need(entry, "bytes", where, f"shards[{k}].", "count")
     group = doc.get("group")
     if group is not None and group not in ("image", "pair"):
-        raise ManifestError(f"{where}: field group must be \"image\" or \"pair\", got {group!r}")
+        raise ManifestError(f'{where}: field group must be "image" or "pair", got {group!r}')
     if full:
         _need(doc, "group", where, "", "name")
         totals = _need(doc, "totals", where, "", "object")

@@ -31,6 +31,7 @@ Evaluation: ``build_eval_loader`` reads every image sample exactly once across r
 no shuffle (shares may differ by a batch; no collective happens per batch, so nothing waits), and also
 reads a Chinese-CLIP seed folder (``{split}_imgs.tsv`` + ``{split}_texts.jsonl``).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -82,6 +83,7 @@ def _mp_context(shards: list[Shard], requested: str | None):
 
 # ------------------------------------------------------------------------------------------- training
 
+
 class EpochTooSmall(ValueError):
     """The sources hold too few samples for one batch on every rank (a setting to change, not damaged data)."""
 
@@ -89,14 +91,15 @@ class EpochTooSmall(ValueError):
 @dataclass(kw_only=True)
 class WorkerPlan:
     """Everything a worker needs to make its batches (pickled into each DataLoader worker)."""
+
     shards: list[Shard]
-    weights: list[float]             # per shard: its source's weight (resampled draws)
+    weights: list[float]  # per shard: its source's weight (resampled draws)
     layout: st.Layout
     rank: int
-    tokenizer: object                # texts -> (ids, mask) at its own context length
-    transform: ImageTransform        # PIL -> uint8 tensor, e.g. ``ImageTransform(resolution=224, augment=True)``
+    tokenizer: object  # texts -> (ids, mask) at its own context length
+    transform: ImageTransform  # PIL -> uint8 tensor, e.g. ``ImageTransform(resolution=224, augment=True)``
     storage_options: dict = field(default_factory=dict)
-    sources: list = field(default_factory=list)   # the source specs as given, for error messages
+    sources: list = field(default_factory=list)  # the source specs as given, for error messages
 
     def source_names(self) -> str:
         names = self.sources or sorted({s.url.rsplit("/", 1)[0] for s in self.shards})
@@ -108,6 +111,7 @@ class EpochPart:
     """The epoch a stream reads: normally all of it (``view.total``); after a layout change, the rest.
     ``remaining`` holds only this rank's stretch of ``view.remaining`` (from ``offset``), to keep the
     pickle sent to each worker small."""
+
     epoch: int
     view: st.EpochView
     offset: int = 0
@@ -134,8 +138,8 @@ class _FailedDraws:
     def __init__(self, work: WorkerPlan, counters: Counters):
         self.work, self.counters = work, counters
         self.distinct = {s.url for s in work.shards if s.samples}
-        self.bases: list[int] = []        # first input index of each draw
-        self.left: dict[int, list] = {}   # draw -> [samples not yet consumed, shard url]
+        self.bases: list[int] = []  # first input index of each draw
+        self.left: dict[int, list] = {}  # draw -> [samples not yet consumed, shard url]
         self.failed, self.failed_urls = 0, set()
 
     def drawn(self, base: int, url: str, wanted: int) -> None:
@@ -149,7 +153,7 @@ class _FailedDraws:
         if usable:
             self.failed, self.failed_urls = 0, set()
             if entry is not None:
-                entry[1] = None                     # this draw gave something: it cannot count as failed
+                entry[1] = None  # this draw gave something: it cannot count as failed
         if entry is None:
             return
         entry[0] -= 1
@@ -161,16 +165,25 @@ class _FailedDraws:
         self.failed += 1
         self.failed_urls.add(entry[1])
         if self.failed >= MAX_FAILED_DRAWS or self.failed_urls >= self.distinct:
-            raise DataError(f"no usable sample in {self.work.source_names()}: {self.failed} shard draws in a row "
-                            f"({len(self.failed_urls)} of {len(self.distinct)} shards) gave none: "
-                            f"{self.counters.summary()}")
+            raise DataError(
+                f"no usable sample in {self.work.source_names()}: {self.failed} shard draws in a row "
+                f"({len(self.failed_urls)} of {len(self.distinct)} shards) gave none: "
+                f"{self.counters.summary()}"
+            )
 
 
 class _SlotInputs:
     """A slot's input samples in reading order, as (input index, RawSample or None)."""
 
-    def __init__(self, work: WorkerPlan, part: EpochPart, plan: st.SlotPlan, skip: set, counters: Counters,
-                 draws: _FailedDraws | None = None):
+    def __init__(
+        self,
+        work: WorkerPlan,
+        part: EpochPart,
+        plan: st.SlotPlan,
+        skip: set,
+        counters: Counters,
+        draws: _FailedDraws | None = None,
+    ):
         self.work, self.part, self.plan, self.skip, self.counters = work, part, plan, skip, counters
         self.draws = draws
 
@@ -208,8 +221,9 @@ class _SlotInputs:
         for shard, index in self._segments():
             first, last = min(index), max(index)
             wanted = lambda i, index=index: i in index and index[i] not in self.skip  # noqa: E731
-            for i, raw in read_samples(shard.url, first, last - first + 1, wanted, self.counters,
-                                       self.work.storage_options):
+            for i, raw in read_samples(
+                shard.url, first, last - first + 1, wanted, self.counters, self.work.storage_options
+            ):
                 yield index[i], raw
 
 
@@ -245,9 +259,10 @@ class TrainStream(IterableDataset):
         first_batch = st.consumed_batches(slot, self.batches, work.layout.slots)
         position = int(self.positions.get(str(slot), 0))
         count = None if work.layout.mode == "resampled" else plan.stop - plan.start
-        order = st.buffered_order(itertools.count() if count is None else range(count), work.layout.shuffle_buffer,
-                                  seed)
-        skip = set(itertools.islice(order, position))        # inputs used before the saved position
+        order = st.buffered_order(
+            itertools.count() if count is None else range(count), work.layout.shuffle_buffer, seed
+        )
+        skip = set(itertools.islice(order, position))  # inputs used before the saved position
         draws = _FailedDraws(work, counters) if count is None else None
         inputs, pending = iter(_SlotInputs(work, part, plan, skip, counters, draws)), {}
         transform = work.transform
@@ -257,7 +272,7 @@ class TrainStream(IterableDataset):
                 items = []
                 while len(items) < plan.batch_sizes[b]:
                     index = next(order, None)
-                    if index is None:                     # exact: this slot's range is used up (damage)
+                    if index is None:  # exact: this slot's range is used up (damage)
                         break
                     position += 1
                     while index not in pending:
@@ -292,24 +307,34 @@ class TrainStream(IterableDataset):
     def _any_good(self, transform):
         # Exact epochs end by themselves; when damage emptied a batch and no earlier one had a good sample,
         # one pass over every shard either finds a filler or shows that nothing here can be trained on.
-        counters = Counters(warnings=RateLimitedLog(burst=0, every=float("inf")))   # the error says it all
+        counters = Counters(warnings=RateLimitedLog(burst=0, every=float("inf")))  # the error says it all
         for shard in self.work.shards:
-            for _, raw in read_samples(shard.url, 0, shard.samples, lambda i: True, counters,
-                                       self.work.storage_options):
+            for _, raw in read_samples(
+                shard.url, 0, shard.samples, lambda i: True, counters, self.work.storage_options
+            ):
                 item = raw and self._sample(raw, transform, counters, ("filler",))
                 if item:
                     return item
-        raise DataError(f"no usable sample in {self.work.source_names()}: none of its {len(self.work.shards)} shards "
-                        f"gave one: {counters.summary()}")
+        raise DataError(
+            f"no usable sample in {self.work.source_names()}: none of its {len(self.work.shards)} shards "
+            f"gave one: {counters.summary()}"
+        )
 
     def _collate(self, items, slot: int, position: int, counters: Counters) -> dict:
         images, image_ids, text_ids, texts, keys = zip(*items)
         input_ids, mask = self.work.tokenizer(list(texts))
-        return {"images": torch.stack(images), "input_ids": input_ids, "attention_mask": mask,
-                "image_ids": list(image_ids), "text_ids": list(text_ids), "keys": list(keys),
-                # hashed here, in the worker, so the training step does no per-sample work on the host
-                "image_id_hashes": id_hashes(image_ids), "text_id_hashes": id_hashes(text_ids),
-                "_loader": {"slot": slot, "position": position, "counts": counters.take()}}
+        return {
+            "images": torch.stack(images),
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "image_ids": list(image_ids),
+            "text_ids": list(text_ids),
+            "keys": list(keys),
+            # hashed here, in the worker, so the training step does no per-sample work on the host
+            "image_id_hashes": id_hashes(image_ids),
+            "text_id_hashes": id_hashes(text_ids),
+            "_loader": {"slot": slot, "position": position, "counts": counters.take()},
+        }
 
 
 class TrainLoader:
@@ -320,8 +345,10 @@ class TrainLoader:
         self.mp_context = _mp_context(work.shards, mp_context)
         # Fail now, not in a worker, if the data cannot give every rank a batch.
         if st.batches_per_rank(work.layout.epoch_total, work.layout) == 0:
-            raise EpochTooSmall(f"{work.layout.epoch_total} samples give no batch to each of {work.layout.world_size} "
-                                f"ranks (batch size {work.layout.batch_size}, drop_last={work.layout.drop_last})")
+            raise EpochTooSmall(
+                f"{work.layout.epoch_total} samples give no batch to each of {work.layout.world_size} "
+                f"ranks (batch size {work.layout.batch_size}, drop_last={work.layout.drop_last})"
+            )
         st.plan_rank(work.layout.epoch_total, work.layout, work.rank)
         self._state, self._view = st.fresh_state(0, work.layout), None
         self._counts = dict.fromkeys(COUNTER_NAMES, 0)
@@ -346,8 +373,9 @@ class TrainLoader:
     def samples_per_epoch(self) -> int:
         """Samples all ranks together take in the current epoch."""
         layout = self.work.layout
-        return sum(sum(p.batch_sizes) for r in range(layout.world_size)
-                   for p in st.plan_rank(self.view.total, layout, r))
+        return sum(
+            sum(p.batch_sizes) for r in range(layout.world_size) for p in st.plan_rank(self.view.total, layout, r)
+        )
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -372,9 +400,17 @@ class TrainLoader:
         else:
             # Its own generator: a DataLoader otherwise draws its workers' base seed from the global torch RNG,
             # so starting an iterator would shift the trainer's dropout stream and break exact resume.
-            batches = iter(DataLoader(stream, batch_size=None, num_workers=self.workers,
-                                      pin_memory=torch.cuda.is_available(), prefetch_factor=self.prefetch_factor,
-                                      multiprocessing_context=self.mp_context, generator=torch.Generator()))
+            batches = iter(
+                DataLoader(
+                    stream,
+                    batch_size=None,
+                    num_workers=self.workers,
+                    pin_memory=torch.cuda.is_available(),
+                    prefetch_factor=self.prefetch_factor,
+                    multiprocessing_context=self.mp_context,
+                    generator=torch.Generator(),
+                )
+            )
         for batch in batches:
             meta = batch.pop("_loader")
             # Recorded as the consumer takes the batch: DataLoader prefetching never moves the position.
@@ -386,15 +422,23 @@ class TrainLoader:
 
     def stats(self) -> dict:
         """Damage counts over the batches consumed so far (this rank), plus where the epoch stands."""
-        return {**self._counts, "epoch": self._state["epoch"], "batches": self._state["batches"],
-                "batches_per_epoch": self.batches_per_epoch}
+        return {
+            **self._counts,
+            "epoch": self._state["epoch"],
+            "batches": self._state["batches"],
+            "batches_per_epoch": self.batches_per_epoch,
+        }
 
     def state_dict(self, gather: bool = False) -> dict:
         """JSON-serialisable position after the last batch taken. ``gather=True`` (a collective: every rank
         calls it) adds all ranks' positions, so one rank's copy resumes every rank — and lets a resume
         under another world size / worker count / batch size continue the epoch without repeats."""
-        state = {**self._state, "positions": dict(self._state["positions"]), "rank": self.work.rank,
-                 "counts": dict(self._counts)}
+        state = {
+            **self._state,
+            "positions": dict(self._state["positions"]),
+            "rank": self.work.rank,
+            "counts": dict(self._counts),
+        }
         if gather and comm.active():
             state["ranks"] = {str(s["rank"]): s["positions"] for s in comm.gather_objects(state)}
         return state
@@ -405,32 +449,54 @@ class TrainLoader:
         gathered state when the old world size was > 1); after any other change, the epoch restarts."""
         epoch = int(state.get("epoch", 0))
         changes = st.layout_changes(state, self.work.layout)
-        ranks = state.get("ranks") or ({str(state.get("rank", 0)): state.get("positions", {})}
-                                       if state.get("layout", {}).get("world_size") == 1 else None)
-        if state.get("version") != st.STATE_VERSION or (changes and not (set(changes) <= set(st.RESHARDABLE)
-                                                                          and ranks is not None)):
-            log.warning("data state not resumable here (%s): restarting epoch %d from its start",
-                        st.check_state(state, self.work.layout) or "no gathered positions", epoch)
+        ranks = state.get("ranks") or (
+            {str(state.get("rank", 0)): state.get("positions", {})}
+            if state.get("layout", {}).get("world_size") == 1
+            else None
+        )
+        if state.get("version") != st.STATE_VERSION or (
+            changes and not (set(changes) <= set(st.RESHARDABLE) and ranks is not None)
+        ):
+            log.warning(
+                "data state not resumable here (%s): restarting epoch %d from its start",
+                st.check_state(state, self.work.layout) or "no gathered positions",
+                epoch,
+            )
             self._state, self._view = st.fresh_state(epoch, self.work.layout), None
             return
         self._counts = {**dict.fromkeys(COUNTER_NAMES, 0), **state.get("counts", {})}
         if changes:
-            log.warning("data layout changed (%s): epoch %d goes on with the samples not yet taken",
-                        st.check_state(state, self.work.layout), epoch)
+            log.warning(
+                "data layout changed (%s): epoch %d goes on with the samples not yet taken",
+                st.check_state(state, self.work.layout),
+                epoch,
+            )
             reshard = {"layout": state["layout"], "ranks": ranks, "from": state.get("reshard")}
             self._state, self._view = st.fresh_state(epoch, self.work.layout, reshard), None
             return
         if "ranks" not in state and state.get("rank", self.work.rank) != self.work.rank:
             raise ValueError(f"state of rank {state['rank']} loaded on rank {self.work.rank}; save with gather=True")
         positions = (state.get("ranks") or {}).get(str(self.work.rank), state["positions"])
-        self._state = {**st.fresh_state(epoch, self.work.layout, state.get("reshard")),
-                       "batches": int(state["batches"]), "positions": {str(k): int(v) for k, v in positions.items()}}
+        self._state = {
+            **st.fresh_state(epoch, self.work.layout, state.get("reshard")),
+            "batches": int(state["batches"]),
+            "positions": {str(k): int(v) for k, v in positions.items()},
+        }
         self._view = None
 
 
-def build_train_loader(reading: Reading, *, tokenizer, transform: ImageTransform, rank: int, world_size: int,
-                       seed: int, storage_options: dict | None = None, prefetch_factor: int = 2,
-                       mp_context: str | None = None) -> TrainLoader:
+def build_train_loader(
+    reading: Reading,
+    *,
+    tokenizer,
+    transform: ImageTransform,
+    rank: int,
+    world_size: int,
+    seed: int,
+    storage_options: dict | None = None,
+    prefetch_factor: int = 2,
+    mp_context: str | None = None,
+) -> TrainLoader:
     """A training-style loader over ``reading.sources`` (see ``sources.py``; ``reading.weights`` mix them in
     resampled mode). ``tokenizer`` and ``transform`` run in the workers (both pickle).
 
@@ -443,25 +509,47 @@ def build_train_loader(reading: Reading, *, tokenizer, transform: ImageTransform
     if not reading.resampled and len({s.weight for s in resolved}) > 1:
         log.warning("source weights only apply to resampled epochs; exact epochs read every sample once")
     shards = [shard for source in resolved for shard in source.shards]
-    layout = st.Layout(world_size, reading.workers, reading.batch_size,
-                       "resampled" if reading.resampled else "exact", reading.drop_last, seed,
-                       reading.shuffle_buffer, reading.shard_shuffle,
-                       reading.epoch_samples if reading.resampled else None, sum(s.samples for s in shards))
-    work = WorkerPlan(shards=shards, weights=[s.weight for s in resolved for _ in s.shards], layout=layout, rank=rank,
-                      tokenizer=tokenizer, transform=transform, storage_options=dict(storage_options or {}),
-                      sources=[s.spec for s in resolved])
+    layout = st.Layout(
+        world_size,
+        reading.workers,
+        reading.batch_size,
+        "resampled" if reading.resampled else "exact",
+        reading.drop_last,
+        seed,
+        reading.shuffle_buffer,
+        reading.shard_shuffle,
+        reading.epoch_samples if reading.resampled else None,
+        sum(s.samples for s in shards),
+    )
+    work = WorkerPlan(
+        shards=shards,
+        weights=[s.weight for s in resolved for _ in s.shards],
+        layout=layout,
+        rank=rank,
+        tokenizer=tokenizer,
+        transform=transform,
+        storage_options=dict(storage_options or {}),
+        sources=[s.spec for s in resolved],
+    )
     return TrainLoader(work, workers=reading.workers, prefetch_factor=prefetch_factor, mp_context=mp_context)
 
 
 # ----------------------------------------------------------------------------------------- evaluation
 
+
 class EvalLoader:
     """Iterable of eval batches (see ``eval_reader.py``); ``samples`` is the split's total over all ranks."""
 
-    def __init__(self, stream: IterableDataset, samples: int | None, workers: int, mp_context: str | None,
-                 source_names: list[str] | None = None):
+    def __init__(
+        self,
+        stream: IterableDataset,
+        samples: int | None,
+        workers: int,
+        mp_context: str | None,
+        source_names: list[str] | None = None,
+    ):
         self.stream, self.samples, self.workers, self.mp_context = stream, samples, workers, mp_context
-        self.source_names = source_names or []     # batch["sources"] indexes this list
+        self.source_names = source_names or []  # batch["sources"] indexes this list
         self._counts = dict.fromkeys(COUNTER_NAMES, 0)
 
     @property
@@ -472,9 +560,18 @@ class EvalLoader:
     def __iter__(self):
         # Its own generator, as in training: the trainer validates mid-run, and a DataLoader otherwise draws its
         # workers' seed from the global RNG, shifting the trainer's dropout stream.
-        batches = self.stream if self.workers == 0 else DataLoader(
-            self.stream, batch_size=None, num_workers=self.workers, pin_memory=torch.cuda.is_available(),
-            multiprocessing_context=self.mp_context, generator=torch.Generator())
+        batches = (
+            self.stream
+            if self.workers == 0
+            else DataLoader(
+                self.stream,
+                batch_size=None,
+                num_workers=self.workers,
+                pin_memory=torch.cuda.is_available(),
+                multiprocessing_context=self.mp_context,
+                generator=torch.Generator(),
+            )
+        )
         for batch in batches:
             for name, n in batch.pop("_loader")["counts"].items():
                 self._counts[name] += n
@@ -497,9 +594,18 @@ def _seed_layout(sources, split: str | None) -> tuple[str, str] | None:
     return None
 
 
-def build_eval_loader(sources, *, image_size: int, batch_size: int, workers: int, rank: int, world_size: int,
-                      split: str | None = None, storage_options: dict | None = None,
-                      mp_context: str | None = None) -> EvalLoader:
+def build_eval_loader(
+    sources,
+    *,
+    image_size: int,
+    batch_size: int,
+    workers: int,
+    rank: int,
+    world_size: int,
+    split: str | None = None,
+    storage_options: dict | None = None,
+    mp_context: str | None = None,
+) -> EvalLoader:
     """Every image sample once across ranks, no shuffle. ``sources``: shard sources as for training, or a
     seed folder with ``split`` (``DIR`` + ``"valid"`` reads ``DIR/valid_imgs.tsv`` + ``DIR/valid_texts.jsonl``),
     or the path of a ``{split}_imgs.tsv``."""
@@ -514,5 +620,6 @@ def build_eval_loader(sources, *, image_size: int, batch_size: int, workers: int
     shards = [s for source in resolved for s in source.shards]
     source_of = [k for k, source in enumerate(resolved) for _ in source.shards]
     stream = ShardEvalStream(shards, dict(storage_options or {}), source_of, **common)
-    return EvalLoader(stream, sum(s.samples for s in shards), workers, _mp_context(shards, mp_context),
-                      [s.spec for s in resolved])
+    return EvalLoader(
+        stream, sum(s.samples for s in shards), workers, _mp_context(shards, mp_context), [s.spec for s in resolved]
+    )

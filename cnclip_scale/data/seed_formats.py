@@ -10,6 +10,7 @@ Layouts (see the Chinese-CLIP README, "Data Preprocessing"):
   LMDB  `lmdb/{split}/imgs`: key str(image_id) -> base64 bytes, plus b"num_images"
         `lmdb/{split}/pairs`: key b"0".."N-1" -> pickle((image_id, text_id, text)), plus b"num_samples"
 """
+
 from __future__ import annotations
 
 import io
@@ -41,13 +42,14 @@ class TextRecord:
 
 # ----------------------------------------------------------------------------------------------- TSV
 
-BOM = b"\xef\xbb\xbf"              # editors on Windows start UTF-8 files with it; never part of an id or JSON
+BOM = b"\xef\xbb\xbf"  # editors on Windows start UTF-8 files with it; never part of an id or JSON
 _WHITESPACE = b" \t\r\n\x0b\x0c"  # what bytes.strip() strips, as Chinese-CLIP's line.strip() does
-_MAX_ID = 4096                      # an id longer than this is not an id
+_MAX_ID = 4096  # an id longer than this is not an id
 
 
-def iter_tsv_lines(path: str, start: int = 0, end: int | None = None, first_line: int = 1
-                   ) -> Iterator[tuple[int, int, memoryview]]:
+def iter_tsv_lines(
+    path: str, start: int = 0, end: int | None = None, first_line: int = 1
+) -> Iterator[tuple[int, int, memoryview]]:
     """Yield (line_number, byte_offset, line) for the lines that *start* in [start, end).
 
     `start` must be a line start (0 or an offset from a previous scan). A line keeps its newline so
@@ -60,8 +62,8 @@ def iter_tsv_lines(path: str, start: int = 0, end: int | None = None, first_line
     mapped = _map(path)
     view, pos, number = memoryview(mapped), start, first_line
     end = size if end is None else min(end, size)
-    if pos == 0 and mapped[:len(BOM)] == BOM:
-        pos = len(BOM)   # the first line starts after it: offsets stay exact for tsv_lines_at
+    if pos == 0 and mapped[: len(BOM)] == BOM:
+        pos = len(BOM)  # the first line starts after it: offsets stay exact for tsv_lines_at
     while pos < end:
         newline = mapped.find(b"\n", pos)
         stop = size if newline < 0 else newline + 1
@@ -79,7 +81,7 @@ def tsv_lines_at(path: str, spans: list[tuple[int, int, int]]) -> Iterator[tuple
     """(line_number, line) for known (line_number, offset, length) spans from a scan: no newline search."""
     view = memoryview(_map(path)) if spans else None
     for number, offset, length in spans:
-        yield number, view[offset:offset + length]
+        yield number, view[offset : offset + length]
 
 
 def tsv_line_starts(path: str, parts: int) -> list[int]:
@@ -127,11 +129,13 @@ def parse_tsv_line(line) -> tuple[str, memoryview]:
     begin, end = _bounds(view)
     if begin == end:
         raise BadRecord("blank_line")
-    head = bytes(view[begin:min(end, begin + _MAX_ID)])
+    head = bytes(view[begin : min(end, begin + _MAX_ID)])
     tab = head.find(b"\t")
     if tab < 0:
-        raise BadRecord("missing_base64_field", "no TAB in line" if end - begin < _MAX_ID else
-                        f"no TAB in the first {_MAX_ID} bytes")
+        raise BadRecord(
+            "missing_base64_field",
+            "no TAB in line" if end - begin < _MAX_ID else f"no TAB in the first {_MAX_ID} bytes",
+        )
     try:
         image_id = head[:tab].strip().decode("utf-8")
     except UnicodeDecodeError as err:
@@ -140,7 +144,7 @@ def parse_tsv_line(line) -> tuple[str, memoryview]:
         raise BadRecord("empty_image_id")
     if begin + tab + 1 == end:
         raise BadRecord("missing_base64_field", "empty base64 field")
-    return image_id, view[begin + tab + 1:end]
+    return image_id, view[begin + tab + 1 : end]
 
 
 def read_tsv_image(line) -> tuple[str, bytes]:
@@ -174,6 +178,7 @@ def decode_base64(b64: bytes) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------- JSONL
+
 
 def _id_value(value, field: str) -> int | str:
     # bool is an int subclass in Python; an id of `true` is a mistake, not 1.
@@ -227,6 +232,7 @@ def iter_texts_jsonl(path: str) -> Iterator[tuple[int, TextRecord | BadRecord]]:
 
 # ---------------------------------------------------------------------------------------------- LMDB
 
+
 class _TuplesOnlyUnpickler(pickle.Unpickler):
     # Refusing every global is what makes this safe: without find_class a pickle cannot name a
     # callable, so REDUCE/BUILD/INST have nothing to call. The result's type is checked separately.
@@ -270,5 +276,4 @@ def open_lmdb(path: str):
     """Open an LMDB read-only the way Chinese-CLIP does (no lock file, no readahead)."""
     import lmdb  # only the LMDB path needs it
 
-    return lmdb.open(path, readonly=True, create=False, lock=False, readahead=False, meminit=False,
-                     max_readers=64)
+    return lmdb.open(path, readonly=True, create=False, lock=False, readahead=False, meminit=False, max_readers=64)

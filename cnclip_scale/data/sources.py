@@ -18,6 +18,7 @@ Importing this module also registers an fsspec opener for webdataset's ``gopen``
 ...), so plain ``webdataset.WebDataset("s3://...")`` works in any process that imports it — the data
 pipeline's DataLoader workers do, because the dataset they unpickle lives in ``pipeline.py``.
 """
+
 from __future__ import annotations
 
 import json
@@ -74,7 +75,7 @@ class Source:
     spec: str
     shards: list[Shard]
     weight: float = 1.0
-    group: str | None = None          # "image" | "pair" from the manifest; None when unknown
+    group: str | None = None  # "image" | "pair" from the manifest; None when unknown
     manifest: dict | None = field(default=None, repr=False)
 
     @property
@@ -109,7 +110,7 @@ def _read_json(url: str, storage_options: dict | None, check=None):
         return check(doc, url) if check else doc
     except ManifestError as err:
         raise SourceError(str(err)) from None
-    except ValueError as err:   # JSONDecodeError, UnicodeDecodeError
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
         raise SourceError(f"{url}: not valid JSON: {' '.join(str(err).split())}") from None
 
 
@@ -136,8 +137,10 @@ def _counts(urls: list[str], storage_options: dict | None) -> tuple[list[Shard],
             continue
         stats = _read_json(_stats_url(url), storage_options)
         if stats is None:
-            raise SourceError(f"no sample count for {url}: it is not in {folder}/manifest.json and has no "
-                              f"{_stats_url(url).rsplit('/', 1)[-1]} (epochs are planned from counts)")
+            raise SourceError(
+                f"no sample count for {url}: it is not in {folder}/manifest.json and has no "
+                f"{_stats_url(url).rsplit('/', 1)[-1]} (epochs are planned from counts)"
+            )
         try:
             shards.append(Shard(url, check_stats(stats, _stats_url(url))["samples"]))
         except ManifestError as err:
@@ -160,8 +163,9 @@ def resolve_source(spec: str, storage_options: dict | None = None, weight: float
     folder = spec.rstrip("/")
     manifest = _read_json(f"{folder}/manifest.json", storage_options, check_manifest)
     if manifest is not None:
-        return Source(spec, _from_manifest(f"{folder}/manifest.json", manifest), weight, manifest.get("group"),
-                      manifest)
+        return Source(
+            spec, _from_manifest(f"{folder}/manifest.json", manifest), weight, manifest.get("group"), manifest
+        )
     fs, path = _fs(folder, storage_options)
     try:
         names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if p.endswith(".tar"))

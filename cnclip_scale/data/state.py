@@ -24,6 +24,7 @@ Layout changes: a state saved under one world size / worker count / batch size a
 another cannot continue slot by slot, but the old plan and positions say exactly which samples were
 taken; ``epoch_view`` replays them and plans the rest of that epoch (``EpochView``) over the new ranks.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -88,16 +89,17 @@ def rank_batch_sizes(quota: int, batches: int, batch_size: int) -> list[int]:
 @dataclass(frozen=True)
 class Layout:
     """What the plan depends on; a state resumes exactly only under an equal layout."""
+
     world_size: int
-    workers: int          # DataLoader workers per rank (0 counts as 1 slot, in-process)
+    workers: int  # DataLoader workers per rank (0 counts as 1 slot, in-process)
     batch_size: int
-    mode: str             # "exact" | "resampled"
+    mode: str  # "exact" | "resampled"
     drop_last: bool
     seed: int
     shuffle_buffer: int = 0
     shard_shuffle: bool = True
-    epoch_samples: int | None = None   # resampled: samples per epoch (default: the data's total)
-    samples: int = 0                   # the data's total (a different dataset is a different plan)
+    epoch_samples: int | None = None  # resampled: samples per epoch (default: the data's total)
+    samples: int = 0  # the data's total (a different dataset is a different plan)
 
     @property
     def slots(self) -> int:
@@ -116,9 +118,10 @@ RESHARDABLE = ("world_size", "workers", "batch_size", "drop_last")
 @dataclass(frozen=True)
 class SlotPlan:
     """One worker slot's share of a rank's epoch."""
+
     slot: int
-    batch_sizes: tuple[int, ...]   # its batches, in order (rank batches slot, slot+K, ...)
-    start: int = 0                 # exact: its range of the epoch's global sample sequence
+    batch_sizes: tuple[int, ...]  # its batches, in order (rank batches slot, slot+K, ...)
+    start: int = 0  # exact: its range of the epoch's global sample sequence
     stop: int = 0
 
 
@@ -129,9 +132,9 @@ def batches_per_rank(total: int, layout: Layout) -> int:
         return max(total // (w * b), 1)
     if layout.drop_last:
         return total // (w * b)
-    if total < w:                       # only after a layout change: the epoch's last few samples wait
+    if total < w:  # only after a layout change: the epoch's last few samples wait
         return 0
-    return -(-(-(-total // w)) // b)   # noqa: B002 - ceil(ceil(S / W) / B), by floor division of negatives
+    return -(-(-(-total // w)) // b)  # noqa: B002 - ceil(ceil(S / W) / B), by floor division of negatives
 
 
 def plan_rank(total: int, layout: Layout, rank: int) -> list[SlotPlan]:
@@ -144,8 +147,10 @@ def plan_rank(total: int, layout: Layout, rank: int) -> list[SlotPlan]:
         w = layout.world_size
         quotas = [total // w + (r < total % w) for r in range(w)]
         if quotas[-1] < nb:
-            raise ValueError(f"{total} samples cannot give {w} ranks {nb} non-empty batches of <= {b}; "
-                             "use a larger batch size or drop_last=True")
+            raise ValueError(
+                f"{total} samples cannot give {w} ranks {nb} non-empty batches of <= {b}; "
+                "use a larger batch size or drop_last=True"
+            )
         sizes = rank_batch_sizes(quotas[rank], nb, b)
         rank_start = sum(quotas[:rank])
     plans, start = [], rank_start
@@ -165,9 +170,10 @@ def slot_seed(layout: Layout, epoch: int, rank: int, slot: int, level: int = 0) 
 class EpochView:
     """The part of an epoch still to read. Normally all of it; after a resume under a changed layout
     (``RESHARDABLE``), what the old layout's ranks had not consumed."""
-    total: int                          # samples to spread over the ranks
-    remaining: list | None = None       # exact: positions of the epoch's sequence left, ascending
-    level: int = 0                      # how many layout changes this epoch went through
+
+    total: int  # samples to spread over the ranks
+    remaining: list | None = None  # exact: positions of the epoch's sequence left, ascending
+    level: int = 0  # how many layout changes this epoch went through
 
 
 def epoch_view(layout: Layout, epoch: int, reshard: dict | None) -> EpochView:
@@ -184,8 +190,11 @@ def epoch_view(layout: Layout, epoch: int, reshard: dict | None) -> EpochView:
             used += int(position)
             if old.mode == "exact":
                 plan = plans[int(slot)]
-                order = buffered_order(range(plan.stop - plan.start), old.shuffle_buffer,
-                                       slot_seed(old, epoch, int(rank), int(slot), before.level))
+                order = buffered_order(
+                    range(plan.stop - plan.start),
+                    old.shuffle_buffer,
+                    slot_seed(old, epoch, int(rank), int(slot), before.level),
+                )
                 consumed.update(plan.start + i for i in itertools.islice(order, int(position)))
     if old.mode == "resampled":
         return EpochView(max(before.total - used, 0), None, before.level + 1)
@@ -210,8 +219,14 @@ def consumed_batches(slot: int, batches: int, slots: int) -> int:
 
 
 def fresh_state(epoch: int, layout: Layout, reshard: dict | None = None) -> dict:
-    return {"version": STATE_VERSION, "epoch": epoch, "batches": 0, "positions": {},
-            "layout": layout.__dict__.copy(), "reshard": reshard}
+    return {
+        "version": STATE_VERSION,
+        "epoch": epoch,
+        "batches": 0,
+        "positions": {},
+        "layout": layout.__dict__.copy(),
+        "reshard": reshard,
+    }
 
 
 def check_state(state: dict, layout: Layout) -> str | None:

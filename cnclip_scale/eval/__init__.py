@@ -9,6 +9,7 @@ Entry points: ``evaluate_retrieval`` (the trainer's in-training validation) and 
 def __getattr__(name):
     if name in ("evaluate_retrieval", "run_evaluation"):
         from cnclip_scale.eval import run
+
         return getattr(run, name)
     raise AttributeError(name)
 

@@ -11,6 +11,7 @@ An image id seen twice within a source (e.g. pair-grouped shards) keeps its firs
 earliest batch). The same id in two sources of ``a::b`` would be two different images under one id, and their
 texts would land on the wrong image: that stops the evaluation (DataError, on every rank) naming the first one.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,16 +32,17 @@ THUMB_SIZE = 96
 @dataclass
 class Split:
     """One rank's view of an embedded split. Image features are this rank's share; everything else is global."""
-    image_ids: list[str]                # all images, canonical order
-    image_index: torch.Tensor           # canonical index of each local row (ascending)
-    image_feats: torch.Tensor           # local rows (device, float32)
-    text_ids: list[str]                 # all texts, canonical order
+
+    image_ids: list[str]  # all images, canonical order
+    image_index: torch.Tensor  # canonical index of each local row (ascending)
+    image_feats: torch.Tensor  # local rows (device, float32)
+    text_ids: list[str]  # all texts, canonical order
     texts: list[str]
-    text_feats: torch.Tensor            # all texts (device, float32)
-    gt_text: torch.Tensor               # ground-truth pairs as canonical (text index, image index)
+    text_feats: torch.Tensor  # all texts (device, float32)
+    gt_text: torch.Tensor  # ground-truth pairs as canonical (text index, image index)
     gt_image: torch.Tensor
-    local_captions: dict[str, list[str]] = field(default_factory=dict)   # local image id -> caption texts
-    thumbs: dict[str, bytes] = field(default_factory=dict)               # local image id -> JPEG thumbnail
+    local_captions: dict[str, list[str]] = field(default_factory=dict)  # local image id -> caption texts
+    thumbs: dict[str, bytes] = field(default_factory=dict)  # local image id -> JPEG thumbnail
     loader_stats: dict = field(default_factory=dict)
 
 
@@ -87,7 +89,7 @@ def embed_texts(model, tokenizer, texts: list[str], *, device, dtype, batch_size
     """Embeddings of ``texts`` (normalised, float32 on ``device``; the towers run in ``dtype``), this process alone."""
     out = []
     for s in range(0, len(texts), batch_size):
-        ids, mask = tokenizer(texts[s: s + batch_size])
+        ids, mask = tokenizer(texts[s : s + batch_size])
         n = len(ids)
         with _autocast(device, dtype):
             feats = model.encode_text(_full_batch(ids.to(device), batch_size), _full_batch(mask.to(device), batch_size))
@@ -99,14 +101,14 @@ def embed_texts(model, tokenizer, texts: list[str], *, device, dtype, batch_size
 def embed_texts_sharded(model, tokenizer, texts: list[str], *, device, dtype, batch_size: int = 256) -> torch.Tensor:
     """Every rank passes the same list; rank r embeds its contiguous slice; every rank gets all rows."""
     r, w, n = comm.rank(), comm.world(), len(texts)
-    mine = embed_texts(model, tokenizer, texts[n * r // w: n * (r + 1) // w], device=device, dtype=dtype,
-                       batch_size=batch_size)
+    mine = embed_texts(
+        model, tokenizer, texts[n * r // w : n * (r + 1) // w], device=device, dtype=dtype, batch_size=batch_size
+    )
     return comm.gather_rows(mine)
 
 
 @torch.no_grad()
-def embed_split(model, loader, tokenizer, *, device, dtype, text_batch_size: int = 256,
-                thumbs_limit: int = 0) -> Split:
+def embed_split(model, loader, tokenizer, *, device, dtype, text_batch_size: int = 256, thumbs_limit: int = 0) -> Split:
     """Embed this rank's share of ``loader`` (an eval loader for this rank) and the split's texts.
     Keeps up to ``thumbs_limit`` image thumbnails per rank for the report (0: none)."""
     ids, sources, feats, pairs, captions, thumbs = [], [], [], [], {}, {}
@@ -136,7 +138,7 @@ def embed_split(model, loader, tokenizer, *, device, dtype, text_batch_size: int
             first.setdefault(image_id, (r, pos))
             if source_of.setdefault(image_id, source) != source:
                 clashes.setdefault(image_id, tuple(sorted((source_of[image_id], source))))
-    if clashes:   # every rank sees the same gathered lists, so every rank raises here: nothing waits
+    if clashes:  # every rank sees the same gathered lists, so every rank raises here: nothing waits
         _raise_clash(clashes, getattr(loader, "source_names", []))
     image_ids = sorted(first, key=id_key)
     image_pos = {image_id: k for k, image_id in enumerate(image_ids)}
@@ -157,7 +159,7 @@ def embed_split(model, loader, tokenizer, *, device, dtype, text_batch_size: int
             if text_source.setdefault(text_id, source) != source:
                 text_clashes.setdefault(text_id, tuple(sorted((text_source[text_id], source))))
             gt.add((text_id, image_id))
-    if text_clashes:   # a text id in two sources would merge two captions into one
+    if text_clashes:  # a text id in two sources would merge two captions into one
         _raise_clash(text_clashes, getattr(loader, "source_names", []), "text")
     text_ids = sorted(text_of, key=id_key)
     text_pos = {t: k for k, t in enumerate(text_ids)}
@@ -165,16 +167,28 @@ def embed_split(model, loader, tokenizer, *, device, dtype, text_batch_size: int
     text_feats = embed_texts_sharded(model, tokenizer, texts, device=device, dtype=dtype, batch_size=text_batch_size)
     gt = sorted((text_pos[t], image_pos[i]) for t, i in gt)
     stats = loader.stats() if hasattr(loader, "stats") else {}
-    return Split(image_ids, image_index, image_feats, text_ids, texts, text_feats,
-                 torch.tensor([t for t, _ in gt], dtype=torch.long), torch.tensor([i for _, i in gt], dtype=torch.long),
-                 captions, thumbs, stats)
+    return Split(
+        image_ids,
+        image_index,
+        image_feats,
+        text_ids,
+        texts,
+        text_feats,
+        torch.tensor([t for t, _ in gt], dtype=torch.long),
+        torch.tensor([i for _, i in gt], dtype=torch.long),
+        captions,
+        thumbs,
+        stats,
+    )
 
 
 def _raise_clash(clashes: dict[str, tuple[int, int]], names: list[str], what: str = "image") -> None:
     first = min(clashes, key=id_key)
     a, b = (names[k] if k < len(names) else f"source {k}" for k in clashes[first])
-    raise DataError(f"{what} id {first} is in two evaluated sources: {a} and {b} ({len(clashes)} colliding id(s)): "
-                    f"ids must be unique across the sources evaluated together; evaluate them separately")
+    raise DataError(
+        f"{what} id {first} is in two evaluated sources: {a} and {b} ({len(clashes)} colliding id(s)): "
+        f"ids must be unique across the sources evaluated together; evaluate them separately"
+    )
 
 
 def gather_images(split: Split) -> torch.Tensor:

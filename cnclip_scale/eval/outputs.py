@@ -1,5 +1,6 @@
 """Every file the evaluator writes, in the formats Chinese-CLIP's tools read (see the seed README):
 feature JSONL, prediction JSONL, ``output.json``; plus the compact ``.npy`` form and a reference JSONL."""
+
 from __future__ import annotations
 
 import json
@@ -48,12 +49,22 @@ def read_features_jsonl(path: str, id_name: str) -> tuple[list, np.ndarray]:
     return ids, np.asarray(feats, dtype=np.float32)
 
 
-def write_predictions(path: str, query_name: str, result_name: str, query_ids: list[str], result_ids: list[str],
-                      index: torch.Tensor, k: int) -> None:
+def write_predictions(
+    path: str,
+    query_name: str,
+    result_name: str,
+    query_ids: list[str],
+    result_ids: list[str],
+    index: torch.Tensor,
+    k: int,
+) -> None:
     """``{"text_id": 8428, "image_ids": [top-k]}`` per query (``-1`` padding, when the gallery is short, is dropped)."""
     with open(path, "w", encoding="utf-8") as f:
         for q, row in zip(query_ids, index[:, :k].tolist()):
-            f.write(json.dumps({query_name: json_id(q), result_name: [json_id(result_ids[g]) for g in row if g >= 0]}) + "\n")
+            f.write(
+                json.dumps({query_name: json_id(q), result_name: [json_id(result_ids[g]) for g in row if g >= 0]})
+                + "\n"
+            )
 
 
 def write_reference(path: str, split) -> None:
@@ -63,14 +74,21 @@ def write_reference(path: str, split) -> None:
         images.setdefault(t, []).append(json_id(split.image_ids[i]))
     with open(path, "w", encoding="utf-8") as f:
         for t, (text_id, text) in enumerate(zip(split.text_ids, split.texts)):
-            f.write(json.dumps({"text_id": json_id(text_id), "text": text, "image_ids": images.get(t, [])},
-                               ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {"text_id": json_id(text_id), "text": text, "image_ids": images.get(t, [])}, ensure_ascii=False
+                )
+                + "\n"
+            )
 
 
 def seed_score(recall: dict) -> dict:
     """``output.json`` exactly as ``evaluation.py``'s ``report_score`` writes it."""
-    return {"success": True, "score": recall["score"],
-            "scoreJson": {k: recall[k] for k in ("score", "mean_recall", "r1", "r5", "r10")}}
+    return {
+        "success": True,
+        "score": recall["score"],
+        "scoreJson": {k: recall[k] for k in ("score", "mean_recall", "r1", "r5", "r10")},
+    }
 
 
 def seed_error(message: str) -> dict:

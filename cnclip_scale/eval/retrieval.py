@@ -6,16 +6,17 @@ chunked matrix products; a score must not depend on how the work was cut (1 rank
 and BLAS picks different kernels (different rounding) for operands with very few rows, so every operand is
 padded to at least ``MIN_ROWS`` rows. With that, fp32 CPU scores are bitwise independent of the chunking.
 """
+
 from __future__ import annotations
 
 import torch
 
 from cnclip_scale import comm
 
-MIN_ROWS = 32          # below ~16 rows MKL switches to gemv-like kernels whose rounding differs
-QUERY_CHUNK = 1024     # queries per matmul: the global grid ranks split (identical shapes on 1 or N ranks)
+MIN_ROWS = 32  # below ~16 rows MKL switches to gemv-like kernels whose rounding differs
+QUERY_CHUNK = 1024  # queries per matmul: the global grid ranks split (identical shapes on 1 or N ranks)
 GALLERY_CHUNK = 16384  # gallery rows per matmul: QUERY_CHUNK × GALLERY_CHUNK fp32 scores = 64 MiB
-NO_MATCH = -1          # index padding when the gallery has fewer than k items
+NO_MATCH = -1  # index padding when the gallery has fewer than k items
 
 
 def _pad_rows(x: torch.Tensor) -> torch.Tensor:
@@ -52,8 +53,15 @@ def _chunk_best(s: torch.Tensor, k: int, gallery_index: torch.Tensor) -> tuple[t
     return values, gallery_index[local]
 
 
-def topk(queries: torch.Tensor, gallery: torch.Tensor, k: int, *, gallery_index: torch.Tensor | None = None,
-         gallery_chunk: int = GALLERY_CHUNK, query_chunk: int = QUERY_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+def topk(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    k: int,
+    *,
+    gallery_index: torch.Tensor | None = None,
+    gallery_chunk: int = GALLERY_CHUNK,
+    query_chunk: int = QUERY_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-``k`` of every query over ``gallery`` → (scores float32 Q×k, indices int64 Q×k).
 
     ``gallery_index`` (ascending) names gallery rows globally (a gallery shard's rows in the full gallery);
@@ -64,11 +72,13 @@ def topk(queries: torch.Tensor, gallery: torch.Tensor, k: int, *, gallery_index:
     gallery_index = gallery_index.to(gallery.device, torch.long)
     out_v, out_i = [], []
     for q0 in range(0, queries.shape[0], query_chunk):
-        q = queries[q0: q0 + query_chunk]
+        q = queries[q0 : q0 + query_chunk]
         best_v = torch.full((q.shape[0], k), -torch.inf, device=gallery.device)
         best_i = torch.full((q.shape[0], k), NO_MATCH, dtype=torch.long, device=gallery.device)
         for g0 in range(0, n, gallery_chunk):
-            v, i = _chunk_best(scores(q, gallery[g0: g0 + gallery_chunk]).float(), k, gallery_index[g0: g0 + gallery_chunk])
+            v, i = _chunk_best(
+                scores(q, gallery[g0 : g0 + gallery_chunk]).float(), k, gallery_index[g0 : g0 + gallery_chunk]
+            )
             best_v, best_i = order(torch.cat([best_v, v], 1), torch.cat([best_i, i], 1), k)
         out_v.append(best_v)
         out_i.append(best_i)
@@ -77,13 +87,14 @@ def topk(queries: torch.Tensor, gallery: torch.Tensor, k: int, *, gallery_index:
     return torch.cat(out_v).cpu(), torch.cat(out_i).cpu()
 
 
-def sharded_topk(queries: torch.Tensor, gallery_shard: torch.Tensor, gallery_index: torch.Tensor,
-                 k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sharded_topk(
+    queries: torch.Tensor, gallery_shard: torch.Tensor, gallery_index: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k over a gallery split across ranks, exact: each rank ranks every query against its shard, the
     candidates (Q×k per rank) are gathered and merged with the same total order. Memory O(Q × k × ranks);
     the gallery never moves. Every rank gets the result. ``gallery_index``: global index of each shard row."""
     values, index = topk(queries, gallery_shard, k, gallery_index=gallery_index)
-    values, index = comm.gather_rows(values[None]), comm.gather_rows(index[None])   # ranks × Q × k
+    values, index = comm.gather_rows(values[None]), comm.gather_rows(index[None])  # ranks × Q × k
     return order(torch.cat(list(values), 1), torch.cat(list(index), 1), k)
 
 
@@ -92,18 +103,26 @@ def split_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int) -> tuple[to
     (so 1 or N ranks run the same matmuls) and the results gathered to every rank."""
     r, w = comm.rank(), comm.world()
     starts = list(range(0, queries.shape[0], QUERY_CHUNK))[r::w]
-    mine = [topk(queries[s: s + QUERY_CHUNK], gallery, k) for s in starts]
+    mine = [topk(queries[s : s + QUERY_CHUNK], gallery, k) for s in starts]
     values = torch.cat([v for v, _ in mine]) if mine else torch.empty(0, k)
     index = torch.cat([i for _, i in mine]) if mine else torch.empty(0, k, dtype=torch.long)
-    rows = torch.cat([torch.arange(s, min(s + QUERY_CHUNK, queries.shape[0])) for s in starts]) if starts \
+    rows = (
+        torch.cat([torch.arange(s, min(s + QUERY_CHUNK, queries.shape[0])) for s in starts])
+        if starts
         else torch.empty(0, dtype=torch.long)
+    )
     rows, values, index = comm.gather_rows(rows), comm.gather_rows(values), comm.gather_rows(index)
     back = rows.argsort()
     return values[back], index[back]
 
 
-def recall(predictions: torch.Tensor, gt_query: torch.Tensor, gt_item: torch.Tensor, n_items: int,
-           ks: tuple[int, ...] = (1, 5, 10)) -> dict:
+def recall(
+    predictions: torch.Tensor,
+    gt_query: torch.Tensor,
+    gt_item: torch.Tensor,
+    n_items: int,
+    ks: tuple[int, ...] = (1, 5, 10),
+) -> dict:
     """Recall@k as Chinese-CLIP's ``evaluation.py``: a query with ground truth is a hit at k if any of its
     ground-truth items is among its first k predictions; queries without ground truth are not counted.
     Same float operations as ``report_score`` so the numbers match to the last bit.

@@ -5,6 +5,7 @@
 Two modes: all-gather (every rank holds all features; queries split over ranks on a fixed grid) and
 gallery-sharded (image features stay on their rank; local top-k candidates are gathered and merged).
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,11 +34,11 @@ class NothingToScore(UserError):
 @dataclass
 class Retrieval:
     split: Split
-    t2i_index: torch.Tensor      # texts × K canonical image indices, every rank
-    i2t_index: torch.Tensor      # images × K canonical text indices, every rank
+    t2i_index: torch.Tensor  # texts × K canonical image indices, every rank
+    i2t_index: torch.Tensor  # images × K canonical text indices, every rank
     t2i: dict
     i2t: dict
-    image_feats: torch.Tensor | None   # all images (all-gather mode) else None
+    image_feats: torch.Tensor | None  # all images (all-gather mode) else None
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -47,8 +48,9 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
-def retrieve(model, loader, tokenizer, *, device, dtype, top_k: int = 10, gallery_sharded: bool = False,
-             thumbs_limit: int = 0) -> Retrieval:
+def retrieve(
+    model, loader, tokenizer, *, device, dtype, top_k: int = 10, gallery_sharded: bool = False, thumbs_limit: int = 0
+) -> Retrieval:
     k = max(top_k, RECALL_K)
     with eval_mode(model):
         split = embed_split(model, loader, tokenizer, device=device, dtype=dtype, thumbs_limit=thumbs_limit)
@@ -58,7 +60,7 @@ def retrieve(model, loader, tokenizer, *, device, dtype, top_k: int = 10, galler
         raise NothingToScore(f"has no {what}: nothing to score ({n_images} images, {n_texts} texts read)")
     if gallery_sharded:
         _, t2i = sharded_topk(split.text_feats, split.image_feats, split.image_index, k)
-        _, local = topk(split.image_feats, split.text_feats, k)           # my images against every text
+        _, local = topk(split.image_feats, split.text_feats, k)  # my images against every text
         rows, local = comm.gather_rows(split.image_index), comm.gather_rows(local)
         i2t = torch.empty_like(local)
         i2t[rows] = local
@@ -67,12 +69,29 @@ def retrieve(model, loader, tokenizer, *, device, dtype, top_k: int = 10, galler
         image_feats = gather_images(split)
         _, t2i = split_topk(split.text_feats, image_feats, k)
         _, i2t = split_topk(image_feats, split.text_feats, k)
-    return Retrieval(split, t2i, i2t, recall(t2i, split.gt_text, split.gt_image, n_images),
-                     recall(i2t, split.gt_image, split.gt_text, n_texts), image_feats)
+    return Retrieval(
+        split,
+        t2i,
+        i2t,
+        recall(t2i, split.gt_text, split.gt_image, n_images),
+        recall(i2t, split.gt_image, split.gt_text, n_texts),
+        image_feats,
+    )
 
 
-def evaluate_retrieval(model, data, tokenizer, *, device=None, dtype=None, top_k: int = 10, batch_size: int = 64,
-                       workers: int = 0, split: str | None = None, gallery_sharded: bool = False) -> dict:
+def evaluate_retrieval(
+    model,
+    data,
+    tokenizer,
+    *,
+    device=None,
+    dtype=None,
+    top_k: int = 10,
+    batch_size: int = 64,
+    workers: int = 0,
+    split: str | None = None,
+    gallery_sharded: bool = False,
+) -> dict:
     """Text→image and image→text recall of ``model`` on ``data`` (an eval loader for this rank, or sources for
     ``build_eval_loader``), inside an initialised process group (or none). Same dict on every rank:
     ``{"t2i": {"r1","r5","r10","mean_recall","score","queries"}, "i2t": {...}, "images", "texts", "pairs"}``."""
@@ -80,14 +99,28 @@ def evaluate_retrieval(model, data, tokenizer, *, device=None, dtype=None, top_k
     dtype = dtype or default_dtype(device)
     if not hasattr(data, "__iter__") or isinstance(data, (str, list, tuple)):
         from cnclip_scale.data.pipeline import build_eval_loader
-        data = build_eval_loader(data, image_size=model.image_size, batch_size=batch_size, workers=workers,
-                                 rank=comm.rank(), world_size=comm.world(), split=split)
+
+        data = build_eval_loader(
+            data,
+            image_size=model.image_size,
+            batch_size=batch_size,
+            workers=workers,
+            rank=comm.rank(),
+            world_size=comm.world(),
+            split=split,
+        )
     res = retrieve(model, data, tokenizer, device=device, dtype=dtype, top_k=top_k, gallery_sharded=gallery_sharded)
-    return {"t2i": res.t2i, "i2t": res.i2t, "images": len(res.split.image_ids), "texts": len(res.split.texts),
-            "pairs": int(res.split.gt_text.numel())}
+    return {
+        "t2i": res.t2i,
+        "i2t": res.i2t,
+        "images": len(res.split.image_ids),
+        "texts": len(res.split.texts),
+        "pairs": int(res.split.gt_text.numel()),
+    }
 
 
 # --------------------------------------------------------------------------------------- the command
+
 
 def load_model_once(checkpoint, device: torch.device):
     """The checkpoint's model on every rank. A DeepSpeed checkpoint is assembled into fp32 from every ZeRO partition
@@ -156,14 +189,31 @@ def _report(cfg: EvalConfig, res: Retrieval, zs: dict | None, facts: dict, out: 
         thumbs.update(part)
     if comm.rank() != 0:
         return
-    texts = [(s.text_ids[t], s.texts[t],
-              [(s.image_ids[g], (t, g) in truth) for g in res.t2i_index[t, :k].tolist() if g >= 0])
-             for t in text_q]
-    images = [(s.image_ids[i],
-               [(s.texts[t], (t, i) in truth) for t in res.i2t_index[i, :report.TEXTS_SHOWN].tolist() if t >= 0])
-              for i in image_q]
-    page = report.render(title=f"cnclip_scale evaluation — {cfg.split}", facts=facts, t2i=res.t2i, i2t=res.i2t,
-                         zeroshot=zs, text_queries=texts, image_queries=images, thumbs=thumbs)
+    texts = [
+        (
+            s.text_ids[t],
+            s.texts[t],
+            [(s.image_ids[g], (t, g) in truth) for g in res.t2i_index[t, :k].tolist() if g >= 0],
+        )
+        for t in text_q
+    ]
+    images = [
+        (
+            s.image_ids[i],
+            [(s.texts[t], (t, i) in truth) for t in res.i2t_index[i, : report.TEXTS_SHOWN].tolist() if t >= 0],
+        )
+        for i in image_q
+    ]
+    page = report.render(
+        title=f"cnclip_scale evaluation — {cfg.split}",
+        facts=facts,
+        t2i=res.t2i,
+        i2t=res.i2t,
+        zeroshot=zs,
+        text_queries=texts,
+        image_queries=images,
+        thumbs=thumbs,
+    )
     Path(out, "report.html").write_text(page, encoding="utf-8")
 
 
@@ -199,12 +249,12 @@ def preflight(cfg: EvalConfig) -> tuple[list[str] | None, list[str] | None]:
     class names and templates (None when not asked for)."""
     from cnclip_scale.checkpoints import detect_format
 
-    for option, least in (("top_k", 1), ("batch_size", 1), ("context_length", 1), ("workers", 0),
-                          ("thumbs_limit", 0)):
+    for option, least in (("top_k", 1), ("batch_size", 1), ("context_length", 1), ("workers", 0), ("thumbs_limit", 0)):
         value = getattr(cfg, option)
         if value < least:
-            raise UserError(f"--{option.replace('_', '-')}: must be {'at least 1' if least else '0 or more'}, "
-                            f"got {value}")
+            raise UserError(
+                f"--{option.replace('_', '-')}: must be {'at least 1' if least else '0 or more'}, got {value}"
+            )
     try:
         detect_format(cfg.checkpoint)
     except UserError as e:
@@ -242,16 +292,23 @@ def run_evaluation(cfg: EvalConfig) -> dict:
     try:
         times = {}
         t0 = time.perf_counter()
-        dtype = {"auto": default_dtype(device), "fp32": torch.float32, "fp16": torch.float16,
-                 "bf16": torch.bfloat16}[cfg.precision]
+        dtype = {"auto": default_dtype(device), "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
+            cfg.precision
+        ]
         model = load_model_once(cfg.checkpoint, device)
         ckpt_dir = cfg.checkpoint if os.path.isdir(cfg.checkpoint) else None
         context_length = min(cfg.context_length, model.config.text.max_position_embeddings)
         tokenizer = Tokenizer.for_model_dir(ckpt_dir, context_length)
         try:  # every rank resolves the same sources, so all raise alike
-            loader = build_eval_loader(cfg.data, image_size=model.image_size, batch_size=cfg.batch_size,
-                                       workers=cfg.workers, rank=comm.rank(), world_size=comm.world(),
-                                       split=cfg.split)
+            loader = build_eval_loader(
+                cfg.data,
+                image_size=model.image_size,
+                batch_size=cfg.batch_size,
+                workers=cfg.workers,
+                rank=comm.rank(),
+                world_size=comm.world(),
+                split=cfg.split,
+            )
         except UserError:
             raise
         except (ValueError, FileNotFoundError) as e:  # no manifest or shards, a seed file missing for this split
@@ -259,9 +316,16 @@ def run_evaluation(cfg: EvalConfig) -> dict:
         times["load"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         try:
-            res = retrieve(model, loader, tokenizer, device=device, dtype=dtype, top_k=cfg.top_k,
-                           gallery_sharded=cfg.gallery_sharded,
-                           thumbs_limit=cfg.thumbs_limit if cfg.write_report else 0)
+            res = retrieve(
+                model,
+                loader,
+                tokenizer,
+                device=device,
+                dtype=dtype,
+                top_k=cfg.top_k,
+                gallery_sharded=cfg.gallery_sharded,
+                thumbs_limit=cfg.thumbs_limit if cfg.write_report else 0,
+            )
         except NothingToScore as e:
             message = f"split {cfg.split!r} {e}"
             if comm.rank() == 0:  # the seed's tools read output.json: say it failed rather than score 0
@@ -274,8 +338,9 @@ def run_evaluation(cfg: EvalConfig) -> dict:
         if classes:
             class_feats = zeroshot.class_embeddings(model, tokenizer, classes, templates, device=device, dtype=dtype)
             local_ids = [res.split.image_ids[i] for i in res.split.image_index.tolist()]
-            zs = zeroshot.zeroshot_accuracy(res.split.image_feats, local_ids, res.split.local_captions, class_feats,
-                                            classes)
+            zs = zeroshot.zeroshot_accuracy(
+                res.split.image_feats, local_ids, res.split.local_captions, class_feats, classes
+            )
             zs["templates"] = len(templates)
 
         out = cfg.output
@@ -288,19 +353,45 @@ def run_evaluation(cfg: EvalConfig) -> dict:
             for name, n in part.items():
                 loader_stats[name] = loader_stats.get(name, 0) + n
         summary = {
-            "split": cfg.split, "checkpoint": str(cfg.checkpoint), "data": str(cfg.data),
-            "model": model.config.name, "images": len(s.image_ids), "texts": len(s.texts),
-            "pairs": int(s.gt_text.numel()), "top_k": cfg.top_k, "t2i": res.t2i, "i2t": res.i2t,
-            "zeroshot": zs, "world_size": comm.world(), "launcher": info.launcher, "device": str(device),
-            "dtype": str(dtype).removeprefix("torch."), "gallery_sharded": bool(cfg.gallery_sharded),
-            "loader": loader_stats, "torch": torch.__version__,
+            "split": cfg.split,
+            "checkpoint": str(cfg.checkpoint),
+            "data": str(cfg.data),
+            "model": model.config.name,
+            "images": len(s.image_ids),
+            "texts": len(s.texts),
+            "pairs": int(s.gt_text.numel()),
+            "top_k": cfg.top_k,
+            "t2i": res.t2i,
+            "i2t": res.i2t,
+            "zeroshot": zs,
+            "world_size": comm.world(),
+            "launcher": info.launcher,
+            "device": str(device),
+            "dtype": str(dtype).removeprefix("torch."),
+            "gallery_sharded": bool(cfg.gallery_sharded),
+            "loader": loader_stats,
+            "torch": torch.__version__,
         }
         if comm.rank() == 0:
             k = cfg.top_k
-            outputs.write_predictions(os.path.join(out, f"{cfg.split}_predictions.jsonl"), "text_id", "image_ids",
-                                      s.text_ids, s.image_ids, res.t2i_index, k)
-            outputs.write_predictions(os.path.join(out, f"{cfg.split}_tr_predictions.jsonl"), "image_id", "text_ids",
-                                      s.image_ids, s.text_ids, res.i2t_index, k)
+            outputs.write_predictions(
+                os.path.join(out, f"{cfg.split}_predictions.jsonl"),
+                "text_id",
+                "image_ids",
+                s.text_ids,
+                s.image_ids,
+                res.t2i_index,
+                k,
+            )
+            outputs.write_predictions(
+                os.path.join(out, f"{cfg.split}_tr_predictions.jsonl"),
+                "image_id",
+                "text_ids",
+                s.image_ids,
+                s.text_ids,
+                res.i2t_index,
+                k,
+            )
             outputs.write_reference(os.path.join(out, f"{cfg.split}_texts.reference.jsonl"), s)
             outputs.write_json(os.path.join(out, "output.json"), outputs.seed_score(res.t2i))
             outputs.write_json(os.path.join(out, "output_tr.json"), outputs.seed_score(res.i2t))

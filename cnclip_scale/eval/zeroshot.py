@@ -5,6 +5,7 @@ Labels: a split prepared for classification carries the class name as the captio
 the class whose name equals one of its captions; failing that, the longest class name contained in a
 caption; images matching no class are not scored (counted as ``unlabelled``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -65,8 +66,13 @@ def label_of(captions: list[str], classes: list[str], index: dict[str, int]) -> 
     return max(found, key=lambda k: len(classes[k])) if found else None
 
 
-def zeroshot_accuracy(image_feats: torch.Tensor, image_ids: list[str], captions: dict[str, list[str]],
-                      class_feats: torch.Tensor, classes: list[str]) -> dict:
+def zeroshot_accuracy(
+    image_feats: torch.Tensor,
+    image_ids: list[str],
+    captions: dict[str, list[str]],
+    class_feats: torch.Tensor,
+    classes: list[str],
+) -> dict:
     """Top-1/top-5 accuracy over the labelled images of every rank (each rank passes its own images)."""
     index = {name: k for k, name in enumerate(classes)}
     labels = [label_of(captions.get(i, []), classes, index) for i in image_ids]
@@ -82,5 +88,10 @@ def zeroshot_accuracy(image_feats: torch.Tensor, image_ids: list[str], captions:
     for part in comm.gather_objects([correct[1], correct[5], len(rows), len(labels) - len(rows)]):
         totals = [a + b for a, b in zip(totals, part)]
     top1, top5, n, unlabelled = totals
-    return {"top1": 100.0 * top1 / n if n else 0.0, "top5": 100.0 * top5 / n if n else 0.0,
-            "images": n, "unlabelled": unlabelled, "classes": len(classes)}
+    return {
+        "top1": 100.0 * top1 / n if n else 0.0,
+        "top5": 100.0 * top5 / n if n else 0.0,
+        "images": n,
+        "unlabelled": unlabelled,
+        "classes": len(classes),
+    }

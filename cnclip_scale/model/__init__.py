@@ -4,14 +4,20 @@
 Names are imported lazily, so a DataLoader worker that needs only ``model.tokenizer`` or ``model.transforms``
 does not pay for importing timm and transformers.
 """
+
 import importlib
 
 _EXPORTS = {
-    "CLIP": "clip", "build_model": "clip",
-    "CLIPConfig": "configs", "TextConfig": "configs", "VisionConfig": "configs", "all_model_names": "configs",
+    "CLIP": "clip",
+    "build_model": "clip",
+    "CLIPConfig": "configs",
+    "TextConfig": "configs",
+    "VisionConfig": "configs",
+    "all_model_names": "configs",
     "model_config": "configs",
     "Tokenizer": "tokenizer",
-    "WeightsError": "formats", "write_checkpoint": "weights",
+    "WeightsError": "formats",
+    "write_checkpoint": "weights",
 }
 __all__ = sorted(_EXPORTS)
 

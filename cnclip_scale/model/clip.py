@@ -2,6 +2,7 @@
 
 Plain ``nn.Module``s, nothing else: no DeepSpeed, no data, no launchers. Weight formats live in ``weights.py``.
 """
+
 from __future__ import annotations
 
 import math
@@ -95,8 +96,9 @@ class CLIP(nn.Module):
         features = self.visual(images)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                    normalize: bool = True) -> torch.Tensor:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, normalize: bool = True
+    ) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = input_ids.ne(self.config.text.pad_token_id)
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state

@@ -3,6 +3,7 @@
 The sizes are the released family's (Chinese-CLIP's ``clip/model_configs/*.json``); the tiny ones exist so that
 tests and CPU demos train in seconds. ``model_config("ViT-B-16@RoBERTa-wwm-ext-base-chinese")`` is the entry point.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
@@ -10,7 +11,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 @dataclass(frozen=True)
 class VisionConfig:
-    """An OpenAI-CLIP ViT: class token, learned positions, ln_pre, pre-norm QuickGELU blocks, ln_post, bias-free proj."""
+    """An OpenAI-CLIP ViT: class token, learned positions, ln_pre, pre-norm QuickGELU blocks, ln_post, bias-free
+    projection."""
 
     image_size: int = 224
     patch_size: int = 16
@@ -57,7 +59,7 @@ class CLIPConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CLIPConfig":
+    def from_dict(cls, d: dict) -> CLIPConfig:
         return cls(name=d["name"], vision=VisionConfig(**d["vision"]), text=TextConfig(**d["text"]))
 
 
@@ -78,8 +80,12 @@ TEXT_CONFIGS: dict[str, TextConfig] = {
     "RoBERTa-wwm-ext-base-chinese": TextConfig(hidden_size=768, layers=12, heads=12, intermediate_size=3072),
     "RoBERTa-wwm-ext-large-chinese": TextConfig(hidden_size=1024, layers=24, heads=16, intermediate_size=4096),
     "RBT3-chinese": TextConfig(hidden_size=768, layers=3, heads=12, intermediate_size=3072),
-    "RoBERTa-Tiny-chinese": TextConfig(hidden_size=64, layers=2, heads=2, intermediate_size=128, max_position_embeddings=128),
-    "RoBERTa-Small-chinese": TextConfig(hidden_size=192, layers=4, heads=4, intermediate_size=768, max_position_embeddings=128),
+    "RoBERTa-Tiny-chinese": TextConfig(
+        hidden_size=64, layers=2, heads=2, intermediate_size=128, max_position_embeddings=128
+    ),
+    "RoBERTa-Small-chinese": TextConfig(
+        hidden_size=192, layers=4, heads=4, intermediate_size=768, max_position_embeddings=128
+    ),
 }
 
 # The pairs the family released, plus the tiny ones; any vision@text combination of the tables above also resolves.
@@ -100,7 +106,9 @@ def model_config(name: str, **vision_overrides) -> CLIPConfig:
     if not sep:
         raise ValueError(f"model name {name!r} must be '<vision>@<text>', e.g. 'ViT-B-16@RoBERTa-wwm-ext-base-chinese'")
     if vision_name.startswith("RN"):
-        raise ValueError(f"{vision_name}: ResNet image towers are not supported; use a ViT ({', '.join(VISION_CONFIGS)})")
+        raise ValueError(
+            f"{vision_name}: ResNet image towers are not supported; use a ViT ({', '.join(VISION_CONFIGS)})"
+        )
     if vision_name not in VISION_CONFIGS:
         raise ValueError(f"unknown vision tower {vision_name!r}; known: {', '.join(VISION_CONFIGS)}")
     if text_name not in TEXT_CONFIGS:

@@ -17,6 +17,7 @@ MFU is conventionally quoted without the recompute (model FLOPs); with it, it is
 
 Nothing here imports torch, DeepSpeed or data code: a config in, integers out.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

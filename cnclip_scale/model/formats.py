@@ -5,6 +5,7 @@ the reversible tensor change between them. In a pattern, ``{i}`` is a block inde
 key and ``{part}`` (foreign side only) one of the pieces a native tensor is split into. Keys no row matches pass
 through unchanged, so that ``load_native_into`` names them. Nothing here knows about files.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,6 +27,7 @@ class WeightsError(UserError, ValueError):
 @dataclass(frozen=True)
 class Op:
     """A tensor change and its inverse. ``parts`` > 1: one native tensor is that many foreign ones."""
+
     name: str
     to_native: Callable[[list[torch.Tensor]], torch.Tensor]
     from_native: Callable[[torch.Tensor], list[torch.Tensor]]
@@ -41,8 +43,12 @@ TRANSPOSE = _one_to_one("transpose", torch.t, torch.t)
 CLS_TOKEN = _one_to_one("[W] <-> [1, 1, W]", lambda t: t.reshape(1, 1, -1), lambda t: t.reshape(-1))
 BATCH_DIM = _one_to_one("[N, W] <-> [1, N, W]", lambda t: t.unsqueeze(0), lambda t: t.squeeze(0))
 SCALAR = _one_to_one("[] <-> [1]", lambda t: t.reshape(1), lambda t: t.reshape(()))
-QKV = Op("q, k, v <-> qkv stacked on dim 0", lambda ts: torch.cat(ts, dim=0), lambda t: list(t.chunk(3, dim=0)),
-         parts=("q", "k", "v"))
+QKV = Op(
+    "q, k, v <-> qkv stacked on dim 0",
+    lambda ts: torch.cat(ts, dim=0),
+    lambda t: list(t.chunk(3, dim=0)),
+    parts=("q", "k", "v"),
+)
 
 
 def _compile(pattern: str, parts: tuple[str, ...] = ()) -> re.Pattern:
@@ -75,7 +81,7 @@ class Format:
     name: str
     rules: tuple[Rule, ...]
     ignored: tuple[str, ...] = ()  # foreign keys dropped on read: buffers and heads that hold nothing we use
-    read_prefix: str = ""          # dropped from foreign keys on read when present
+    read_prefix: str = ""  # dropped from foreign keys on read when present
 
     @cached_property
     def ignored_re(self) -> tuple[re.Pattern, ...]:
@@ -85,39 +91,48 @@ class Format:
 _OFFICIAL_BLOCK = "visual.transformer.resblocks.{i}"
 _HF_BLOCK = "vision_model.encoder.layers.{i}"
 
-OFFICIAL = Format("official", read_prefix="module.", ignored=("*.position_ids", "bert.pooler.*"), rules=(
-    Rule("visual.cls_token", "visual.class_embedding", CLS_TOKEN),
-    Rule("visual.pos_embed", "visual.positional_embedding", BATCH_DIM),
-    Rule("visual.patch_embed.proj.*", "visual.conv1.*"),
-    Rule("visual.norm_pre.*", "visual.ln_pre.*"),
-    Rule("visual.blocks.{i}.norm1.*", f"{_OFFICIAL_BLOCK}.ln_1.*"),
-    Rule("visual.blocks.{i}.attn.qkv.weight", f"{_OFFICIAL_BLOCK}.attn.in_proj_weight"),
-    Rule("visual.blocks.{i}.attn.qkv.bias", f"{_OFFICIAL_BLOCK}.attn.in_proj_bias"),
-    Rule("visual.blocks.{i}.attn.proj.*", f"{_OFFICIAL_BLOCK}.attn.out_proj.*"),
-    Rule("visual.blocks.{i}.norm2.*", f"{_OFFICIAL_BLOCK}.ln_2.*"),
-    Rule("visual.blocks.{i}.mlp.fc1.*", f"{_OFFICIAL_BLOCK}.mlp.c_fc.*"),
-    Rule("visual.blocks.{i}.mlp.fc2.*", f"{_OFFICIAL_BLOCK}.mlp.c_proj.*"),
-    Rule("visual.norm.*", "visual.ln_post.*"),
-    Rule("visual.head.weight", "visual.proj", TRANSPOSE),
-    Rule("logit_scale", "logit_scale", SCALAR),
-))  # bert.* and text_projection are already ours
+OFFICIAL = Format(
+    "official",
+    read_prefix="module.",
+    ignored=("*.position_ids", "bert.pooler.*"),
+    rules=(
+        Rule("visual.cls_token", "visual.class_embedding", CLS_TOKEN),
+        Rule("visual.pos_embed", "visual.positional_embedding", BATCH_DIM),
+        Rule("visual.patch_embed.proj.*", "visual.conv1.*"),
+        Rule("visual.norm_pre.*", "visual.ln_pre.*"),
+        Rule("visual.blocks.{i}.norm1.*", f"{_OFFICIAL_BLOCK}.ln_1.*"),
+        Rule("visual.blocks.{i}.attn.qkv.weight", f"{_OFFICIAL_BLOCK}.attn.in_proj_weight"),
+        Rule("visual.blocks.{i}.attn.qkv.bias", f"{_OFFICIAL_BLOCK}.attn.in_proj_bias"),
+        Rule("visual.blocks.{i}.attn.proj.*", f"{_OFFICIAL_BLOCK}.attn.out_proj.*"),
+        Rule("visual.blocks.{i}.norm2.*", f"{_OFFICIAL_BLOCK}.ln_2.*"),
+        Rule("visual.blocks.{i}.mlp.fc1.*", f"{_OFFICIAL_BLOCK}.mlp.c_fc.*"),
+        Rule("visual.blocks.{i}.mlp.fc2.*", f"{_OFFICIAL_BLOCK}.mlp.c_proj.*"),
+        Rule("visual.norm.*", "visual.ln_post.*"),
+        Rule("visual.head.weight", "visual.proj", TRANSPOSE),
+        Rule("logit_scale", "logit_scale", SCALAR),
+    ),
+)  # bert.* and text_projection are already ours
 
-HF = Format("hf", ignored=("*.position_ids", "text_model.pooler.*"), rules=(
-    Rule("visual.cls_token", "vision_model.embeddings.class_embedding", CLS_TOKEN),
-    Rule("visual.pos_embed", "vision_model.embeddings.position_embedding.weight", BATCH_DIM),
-    Rule("visual.patch_embed.proj.*", "vision_model.embeddings.patch_embedding.*"),
-    Rule("visual.norm_pre.*", "vision_model.pre_layrnorm.*"),
-    Rule("visual.blocks.{i}.norm1.*", f"{_HF_BLOCK}.layer_norm1.*"),
-    Rule("visual.blocks.{i}.attn.qkv.*", f"{_HF_BLOCK}.self_attn.{{part}}_proj.*", QKV),
-    Rule("visual.blocks.{i}.attn.proj.*", f"{_HF_BLOCK}.self_attn.out_proj.*"),
-    Rule("visual.blocks.{i}.norm2.*", f"{_HF_BLOCK}.layer_norm2.*"),
-    Rule("visual.blocks.{i}.mlp.*", f"{_HF_BLOCK}.mlp.*"),
-    Rule("visual.norm.*", "vision_model.post_layernorm.*"),
-    Rule("visual.head.weight", "visual_projection.weight"),
-    Rule("bert.*", "text_model.*"),
-    Rule("text_projection", "text_projection.weight", TRANSPOSE),
-    Rule("logit_scale", "logit_scale", SCALAR),
-))
+HF = Format(
+    "hf",
+    ignored=("*.position_ids", "text_model.pooler.*"),
+    rules=(
+        Rule("visual.cls_token", "vision_model.embeddings.class_embedding", CLS_TOKEN),
+        Rule("visual.pos_embed", "vision_model.embeddings.position_embedding.weight", BATCH_DIM),
+        Rule("visual.patch_embed.proj.*", "vision_model.embeddings.patch_embedding.*"),
+        Rule("visual.norm_pre.*", "vision_model.pre_layrnorm.*"),
+        Rule("visual.blocks.{i}.norm1.*", f"{_HF_BLOCK}.layer_norm1.*"),
+        Rule("visual.blocks.{i}.attn.qkv.*", f"{_HF_BLOCK}.self_attn.{{part}}_proj.*", QKV),
+        Rule("visual.blocks.{i}.attn.proj.*", f"{_HF_BLOCK}.self_attn.out_proj.*"),
+        Rule("visual.blocks.{i}.norm2.*", f"{_HF_BLOCK}.layer_norm2.*"),
+        Rule("visual.blocks.{i}.mlp.*", f"{_HF_BLOCK}.mlp.*"),
+        Rule("visual.norm.*", "vision_model.post_layernorm.*"),
+        Rule("visual.head.weight", "visual_projection.weight"),
+        Rule("bert.*", "text_model.*"),
+        Rule("text_projection", "text_projection.weight", TRANSPOSE),
+        Rule("logit_scale", "logit_scale", SCALAR),
+    ),
+)
 
 FOREIGN_FORMATS = {f.name: f for f in (OFFICIAL, HF)}
 
@@ -152,8 +167,10 @@ def to_native(sd: Tensors, fmt: str) -> Tensors:
     for native_key, (rule, fields, parts) in pieces.items():
         if set(parts) != set(rule.op.parts):
             wanted = [_fill(rule.foreign, fields, p) for p in rule.op.parts]
-            raise WeightsError(f"{fmt.name} checkpoint: {native_key} needs {', '.join(wanted)}; "
-                               f"found only the {'/'.join(sorted(parts))} part")
+            raise WeightsError(
+                f"{fmt.name} checkpoint: {native_key} needs {', '.join(wanted)}; "
+                f"found only the {'/'.join(sorted(parts))} part"
+            )
         out[native_key] = rule.op.to_native([parts[p] for p in rule.op.parts])
     return out
 

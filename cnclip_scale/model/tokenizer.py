@@ -5,6 +5,7 @@ Built on the Rust ``tokenizers`` WordPiece (fast enough for DataLoader workers) 
 Chinese-CLIP's reference ``FullTokenizer`` (tests check this on a varied corpus). We build it from the vocab file
 ourselves because transformers 5's ``BertTokenizer(vocab_file=...)`` silently ignores the file.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -25,8 +26,10 @@ def default_vocab_file() -> Path:
     """The official vocab shipped in ``cn-clip`` (installed with ``pip install --no-deps cn-clip==1.6.0``)."""
     spec = importlib.util.find_spec("cn_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the official Chinese-CLIP vocab comes from the cn-clip package: "
-                                "pip install --no-deps cn-clip==1.6.0 (or pass vocab_file=)")
+        raise FileNotFoundError(
+            "the official Chinese-CLIP vocab comes from the cn-clip package: "
+            "pip install --no-deps cn-clip==1.6.0 (or pass vocab_file=)"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "clip" / "vocab.txt"
     if not path.exists():
         raise FileNotFoundError(f"{path}: cn-clip is installed but has no vocab.txt")
@@ -54,7 +57,7 @@ class Tokenizer:
         self._rust = rust
 
     @classmethod
-    def for_model_dir(cls, model_dir: str | Path | None, context_length: int = DEFAULT_CONTEXT_LENGTH) -> "Tokenizer":
+    def for_model_dir(cls, model_dir: str | Path | None, context_length: int = DEFAULT_CONTEXT_LENGTH) -> Tokenizer:
         """A model directory's own ``vocab.txt`` wins over the official one."""
         if model_dir is not None and (Path(model_dir) / "vocab.txt").exists():
             return cls(Path(model_dir) / "vocab.txt", context_length)

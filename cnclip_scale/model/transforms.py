@@ -4,6 +4,7 @@ Two forms of the same thing: ``image_transform`` (PIL → normalised float tenso
 data pipeline uses (``ImageTransform`` / ``resize_to_uint8`` in DataLoader workers, ``normalize_batch`` on the device),
 which moves a quarter of the bytes between processes and normalises where the arithmetic is cheap.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,8 +26,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def _geometry(resolution: int, train: bool) -> list:
     if train:
         # Chinese-CLIP's finetuning augmentation: a mild random resized crop, then AutoAugment.
-        return [T.RandomResizedCrop(resolution, scale=(0.9, 1.0), interpolation=InterpolationMode.BICUBIC),
-                T.AutoAugment(T.AutoAugmentPolicy.IMAGENET, interpolation=InterpolationMode.BICUBIC)]
+        return [
+            T.RandomResizedCrop(resolution, scale=(0.9, 1.0), interpolation=InterpolationMode.BICUBIC),
+            T.AutoAugment(T.AutoAugmentPolicy.IMAGENET, interpolation=InterpolationMode.BICUBIC),
+        ]
     return [T.Resize((resolution, resolution), interpolation=InterpolationMode.BICUBIC)]
 
 
@@ -47,6 +50,7 @@ class ImageTransform:
 
     ``augment``: the training augmentation, which draws from torch's RNG: the pipeline seeds that per batch so a
     resumed run replays it (``random`` tells it to)."""
+
     resolution: int
     augment: bool = False
     _compose: T.Compose = field(init=False, repr=False, compare=False)

@@ -1,12 +1,13 @@
 """Build one shard: stream its slice of the image records, validate, join captions, write the tar,
 then its stats file (the success marker). Runs in worker processes; imports nothing heavy.
 """
+
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from cnclip_scale.data import seed_formats as sf
 from cnclip_scale.data.image_check import check_image
@@ -19,16 +20,16 @@ class ShardTask:
     split: str
     index: int
     fingerprint: str
-    kind: str                      # "tsv" | "lmdb"
+    kind: str  # "tsv" | "lmdb"
     image_path: str
     image_label: str
     dest_url: str
     storage_options: dict
-    group: str                     # "image" | "pair"
+    group: str  # "image" | "pair"
     verify_full: bool
-    lines: list = field(default_factory=list)      # tsv: (line number, offset, length) of its lines
-    keys: list = field(default_factory=list)       # lmdb: its keys
-    captions: dict = field(default_factory=dict)    # image_id -> [(text_id, text)]
+    lines: list = field(default_factory=list)  # tsv: (line number, offset, length) of its lines
+    keys: list = field(default_factory=list)  # lmdb: its keys
+    captions: dict = field(default_factory=dict)  # image_id -> [(text_id, text)]
     duplicates: dict = field(default_factory=dict)  # TSV line -> line that first named the id
     planned_samples: int = 0
 
@@ -51,8 +52,10 @@ def _report(samples: int, nbytes: int) -> None:
 def _tsv_records(task: ShardTask) -> Iterator[tuple[dict, str | None, bytes | sf.BadRecord]]:
     for number, raw in sf.tsv_lines_at(task.image_path, task.lines):
         if number in task.duplicates:
-            found = sf.tsv_line_id(raw), sf.BadRecord("duplicate_image_id",
-                                                      f"id first named at line {task.duplicates[number]}")
+            found = (
+                sf.tsv_line_id(raw),
+                sf.BadRecord("duplicate_image_id", f"id first named at line {task.duplicates[number]}"),
+            )
         else:
             try:
                 found = sf.read_tsv_image(raw)
@@ -116,9 +119,20 @@ def build_shard(task: ShardTask) -> dict:
     began = time.time()
     dest = Destination(task.dest_url, task.storage_options)
     name = shard_name(task.split, task.index)
-    stats = {"shard": name, "index": task.index, "fingerprint": task.fingerprint, "samples": 0, "images": 0,
-             "pairs": 0, "images_without_texts": 0, "input_images": 0, "bytes": 0, "sha256": None,
-             "image_ids": [], "rejects": []}
+    stats = {
+        "shard": name,
+        "index": task.index,
+        "fingerprint": task.fingerprint,
+        "samples": 0,
+        "images": 0,
+        "pairs": 0,
+        "images_without_texts": 0,
+        "input_images": 0,
+        "bytes": 0,
+        "sha256": None,
+        "image_ids": [],
+        "rejects": [],
+    }
     with contextlib.ExitStack() as publish:
         tar, unreported, reported_samples = None, 0, 0
         for where, image_id, payload in _records(task):
@@ -126,8 +140,16 @@ def build_shard(task: ShardTask) -> dict:
             try:
                 data, ext, texts = _prepare(task, image_id, payload)
             except sf.BadRecord as bad:
-                stats["rejects"].append({"record": "image", "source": task.image_label, **where, "id": image_id,
-                                         "reason": bad.reason, "detail": bad.detail})
+                stats["rejects"].append(
+                    {
+                        "record": "image",
+                        "source": task.image_label,
+                        **where,
+                        "id": image_id,
+                        "reason": bad.reason,
+                        "detail": bad.detail,
+                    }
+                )
                 continue
             if tar is None:  # opened on the first valid image; published when the stack closes cleanly
                 tar = TarShard(publish.enter_context(dest.open_atomic(f"{task.split}/{name}")))

@@ -6,6 +6,7 @@ count or estimated bytes), so a shard's contents never depend on the number of w
 rerun knows which shards a previous run finished: those whose stats file carries the same
 fingerprint (source + options + slice).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,10 +44,10 @@ SourceKind = Literal["tsv", "lmdb"]
 
 @dataclass(kw_only=True)
 class Options:
-    group: Group = "image"               # "image": one sample per image; "pair": one per (text, image)
+    group: Group = "image"  # "image": one sample per image; "pair": one per (text, image)
     samples_per_shard: int = 10_000
-    max_shard_bytes: int = 256 << 20     # estimated from the base64 length before writing
-    verify_full: bool = False            # decode every image instead of header + end-marker checks
+    max_shard_bytes: int = 256 << 20  # estimated from the base64 length before writing
+    verify_full: bool = False  # decode every image instead of header + end-marker checks
     workers: int = 1
     overwrite: bool = False
     source_kind: SourceKind | None = None  # force the input layout
@@ -100,14 +101,33 @@ def _tasks(source: SplitSource, split: str, dst: str, opts: Options) -> list[Sha
     groups = _plan(source, captions, opts)
     tasks = []
     for index, group in enumerate(groups):
-        identity = [FORMAT, source.fingerprint, split, opts.group, opts.verify_full, opts.samples_per_shard,
-                    opts.max_shard_bytes, index, group[0].where, group[-1].where, len(group)]
-        task = ShardTask(split, index, hashlib.sha256(json.dumps(identity).encode()).hexdigest(), source.kind,
-                         source.image_path, source.image_label, dst, opts.storage_options, opts.group,
-                         opts.verify_full)
+        identity = [
+            FORMAT,
+            source.fingerprint,
+            split,
+            opts.group,
+            opts.verify_full,
+            opts.samples_per_shard,
+            opts.max_shard_bytes,
+            index,
+            group[0].where,
+            group[-1].where,
+            len(group),
+        ]
+        task = ShardTask(
+            split,
+            index,
+            hashlib.sha256(json.dumps(identity).encode()).hexdigest(),
+            source.kind,
+            source.image_path,
+            source.image_label,
+            dst,
+            opts.storage_options,
+            opts.group,
+            opts.verify_full,
+        )
         task.captions = {s.image_id: captions[s.image_id] for s in group if s.image_id in captions}
-        task.planned_samples = sum(len(task.captions.get(s.image_id, ())) if opts.group == "pair" else 1
-                                   for s in group)
+        task.planned_samples = sum(len(task.captions.get(s.image_id, ())) if opts.group == "pair" else 1 for s in group)
         if source.kind == "tsv":
             task.lines = [(s.line, s.offset, s.length) for s in group]
             task.duplicates = {s.line: duplicates[s.line] for s in group if s.line in duplicates}
@@ -139,8 +159,9 @@ class Workers:
         # child would inherit the parent's S3 event loop and sessions: fork for local destinations only.
         ctx = mp.get_context("fork" if fork else "spawn")
         self.samples, self.nbytes = ctx.Value("q", 0), ctx.Value("q", 0)
-        self.pool = ctx.Pool(count, initializer=init_progress, initargs=(self.samples, self.nbytes)) \
-            if count > 1 else None
+        self.pool = (
+            ctx.Pool(count, initializer=init_progress, initargs=(self.samples, self.nbytes)) if count > 1 else None
+        )
         if self.pool is None:
             init_progress(self.samples, self.nbytes)
 
@@ -160,8 +181,9 @@ class Workers:
 
         def refresh():
             while not stop.wait(0.25):
-                bar.set_postfix_str(f"{self.nbytes.value / 1e6 / max(time.time() - began, 1e-6):.0f} MB/s",
-                                    refresh=False)
+                bar.set_postfix_str(
+                    f"{self.nbytes.value / 1e6 / max(time.time() - began, 1e-6):.0f} MB/s", refresh=False
+                )
                 bar.update(initial + self.samples.value - bar.n)  # update(), not n=: it drives the rate
 
         ticker = threading.Thread(target=refresh, daemon=True)
@@ -195,26 +217,44 @@ def _account(source: SplitSource, stats: list[dict]) -> tuple[dict, list[dict]]:
                 alive += 1
                 continue
             reason = "image_rejected" if image_id in known_ids else "unknown_image_id"
-            late_rejects.append({"record": "pair", "source": source.text_label, **where, "text_id": text.text_id,
-                                 "image_id": image_id, "reason": reason,
-                                 "detail": f"image {image_id} " + ("was rejected" if image_id in known_ids
-                                                                   else f"is not in {source.image_label}")})
+            late_rejects.append(
+                {
+                    "record": "pair",
+                    "source": source.text_label,
+                    **where,
+                    "text_id": text.text_id,
+                    "image_id": image_id,
+                    "reason": reason,
+                    "detail": f"image {image_id} "
+                    + ("was rejected" if image_id in known_ids else f"is not in {source.image_label}"),
+                }
+            )
         if alive:
             texts_written, pairs_written = texts_written + 1, pairs_written + alive
             continue
         any_known = any(i in known_ids for i, _ in text.links)
-        late_rejects.append({"record": "text", "source": source.text_label, **text.where, "text_id": text.text_id,
-                             "reason": "images_rejected" if any_known else "unknown_image_ids",
-                             "detail": f"none of its {len(text.links)} image(s) was written"})
+        late_rejects.append(
+            {
+                "record": "text",
+                "source": source.text_label,
+                **text.where,
+                "text_id": text.text_id,
+                "reason": "images_rejected" if any_known else "unknown_image_ids",
+                "detail": f"none of its {len(text.links)} image(s) was written",
+            }
+        )
     text_side = sorted(source.text_rejects + late_rejects, key=_position)
     count = Counter(r["record"] for r in image_rejects + text_side)
-    totals = {"images": {"input": len(source.images), "written": len(written_ids), "rejected": count["image"]},
-              "texts": {"input": source.texts_input, "written": texts_written, "rejected": count["text"]},
-              "pairs": {"input": source.pairs_input, "written": pairs_written, "rejected": count["pair"]}}
+    totals = {
+        "images": {"input": len(source.images), "written": len(written_ids), "rejected": count["image"]},
+        "texts": {"input": source.texts_input, "written": texts_written, "rejected": count["text"]},
+        "pairs": {"input": source.pairs_input, "written": pairs_written, "rejected": count["pair"]},
+    }
     for kind, row in totals.items():
         if row["input"] != row["written"] + row["rejected"]:  # a bug, never bad input: refuse to hide it
-            raise AssertionError(f"{kind}: input {row['input']} != written {row['written']} "
-                                 f"+ rejected {row['rejected']}")
+            raise AssertionError(
+                f"{kind}: input {row['input']} != written {row['written']} + rejected {row['rejected']}"
+            )
     if pairs_written != sum(s["pairs"] for s in stats):
         raise AssertionError("pairs written by shards disagree with pairs linked from texts")
     return totals, image_rejects + text_side
@@ -225,25 +265,42 @@ def _options(opts: Options) -> dict:
     return {k: v for k, v in asdict(opts).items() if k in ("samples_per_shard", "max_shard_bytes", "verify_full")}
 
 
-def _manifest(split: str, source: SplitSource, opts: Options, stats: list[dict], totals: dict,
-              rejects: list[dict], seconds: float) -> dict:
-    shards = [{k: s[k] for k in ("shard", "samples", "images", "pairs", "bytes", "sha256")}
-              for s in stats if s["shard"] is not None]
+def _manifest(
+    split: str, source: SplitSource, opts: Options, stats: list[dict], totals: dict, rejects: list[dict], seconds: float
+) -> dict:
+    shards = [
+        {k: s[k] for k in ("shard", "samples", "images", "pairs", "bytes", "sha256")}
+        for s in stats
+        if s["shard"] is not None
+    ]
     by_reason: dict = {}
     for r in rejects:
         by_reason.setdefault(r["record"] + "s", Counter())[r["reason"]] += 1
-    return {"format": FORMAT, "split": split, "group": opts.group,
-            "source": {"kind": source.kind, "images": source.image_label, "texts": source.text_label,
-                       "fingerprint": source.fingerprint},
-            "options": _options(opts),
-            "shards": shards,
-            "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards),
-                       "images": totals["images"]["written"], "texts": totals["texts"]["written"],
-                       "pairs": totals["pairs"]["written"], "bytes": sum(s["bytes"] for s in shards),
-                       "images_without_texts": sum(s["images_without_texts"] for s in stats)},
-            "records": totals,
-            "rejects": {kind: dict(sorted(c.items())) for kind, c in sorted(by_reason.items())},
-            "seconds": round(seconds, 3)}
+    return {
+        "format": FORMAT,
+        "split": split,
+        "group": opts.group,
+        "source": {
+            "kind": source.kind,
+            "images": source.image_label,
+            "texts": source.text_label,
+            "fingerprint": source.fingerprint,
+        },
+        "options": _options(opts),
+        "shards": shards,
+        "totals": {
+            "shards": len(shards),
+            "samples": sum(s["samples"] for s in shards),
+            "images": totals["images"]["written"],
+            "texts": totals["texts"]["written"],
+            "pairs": totals["pairs"]["written"],
+            "bytes": sum(s["bytes"] for s in shards),
+            "images_without_texts": sum(s["images_without_texts"] for s in stats),
+        },
+        "records": totals,
+        "rejects": {kind: dict(sorted(c.items())) for kind, c in sorted(by_reason.items())},
+        "seconds": round(seconds, 3),
+    }
 
 
 def _shard_file(split: str, name: str) -> bool:
@@ -259,14 +316,20 @@ def _plan_fingerprint(tasks: list[ShardTask]) -> str:
 
 
 def _manifest_is_ours(manifest, split: str, source: SplitSource, opts: Options) -> bool:
-    return (isinstance(manifest, dict) and manifest.get("format") == FORMAT and manifest.get("split") == split
-            and manifest.get("group") == opts.group and isinstance(manifest.get("source"), dict)
-            and manifest["source"].get("fingerprint") == source.fingerprint
-            and manifest.get("options") == _options(opts))
+    return (
+        isinstance(manifest, dict)
+        and manifest.get("format") == FORMAT
+        and manifest.get("split") == split
+        and manifest.get("group") == opts.group
+        and isinstance(manifest.get("source"), dict)
+        and manifest["source"].get("fingerprint") == source.fingerprint
+        and manifest.get("options") == _options(opts)
+    )
 
 
-def _foreign(dest: Destination, split: str, tasks: list[ShardTask], listing: dict, source: SplitSource,
-             opts: Options) -> list[str]:
+def _foreign(
+    dest: Destination, split: str, tasks: list[ShardTask], listing: dict, source: SplitSource, opts: Options
+) -> list[str]:
     """Files this conversion would replace or delete but did not write: shard-named files whose stats carry
     another fingerprint (another tool, input or options), tars without such stats (unless an interrupted run of
     this very plan left them), and a manifest / rejects file of another conversion. Cut-short stats files count
@@ -278,8 +341,9 @@ def _foreign(dest: Destination, split: str, tasks: list[ShardTask], listing: dic
     foreign, ours = [], set()
     for name in sorted(n for n in listing if _shard_file(split, n) and n.endswith(".stats.json")):
         stats = dest.read_json(f"{split}/{name}")
-        if name in planned and (stats is None or (isinstance(stats, dict)
-                                                  and stats.get("fingerprint") == planned[name])):
+        if name in planned and (
+            stats is None or (isinstance(stats, dict) and stats.get("fingerprint") == planned[name])
+        ):
             ours.add(name)
         else:
             foreign.append(name)
@@ -287,8 +351,9 @@ def _foreign(dest: Destination, split: str, tasks: list[ShardTask], listing: dic
         stats = name[: -len(".tar")] + ".stats.json"
         if stats not in ours and not (resuming and name in planned_tars and stats not in listing):
             foreign.append(name)
-    manifest_ours = "manifest.json" in listing and _manifest_is_ours(dest.read_json(f"{split}/manifest.json"),
-                                                                     split, source, opts)
+    manifest_ours = "manifest.json" in listing and _manifest_is_ours(
+        dest.read_json(f"{split}/manifest.json"), split, source, opts
+    )
     if "manifest.json" in listing and not manifest_ours:
         foreign.append("manifest.json")
     if "rejects.jsonl" in listing and not (manifest_ours or resuming):
@@ -312,14 +377,16 @@ def convert_split(src: str, split: str, dest: Destination, opts: Options) -> dic
             raise DestinationError(
                 f"{dest.url}/{split} holds {len(foreign)} file(s) this conversion did not write (another tool's, "
                 f"or another input or options): {', '.join(foreign[:SHOWN_FOREIGN])}{more}; move them away, or "
-                f"pass --overwrite to replace them")
+                f"pass --overwrite to replace them"
+            )
         done = _finished(dest, split, tasks, listing)
         todo = [t for t in tasks if t.index not in done]
         if todo:  # the split is changing: its old manifest must not describe the new shards
             dest.remove([f"{split}/{n}" for n in listing if n in ("manifest.json", "rejects.jsonl") or TMP_MARK in n])
             dest.write_json(f"{split}/{PLAN_MARK}", {"plan": _plan_fingerprint(tasks)})
-        built = workers.build(todo, sum(t.planned_samples for t in tasks), sum(s["samples"] for s in done.values()),
-                              split, opts.progress)
+        built = workers.build(
+            todo, sum(t.planned_samples for t in tasks), sum(s["samples"] for s in done.values()), split, opts.progress
+        )
     stats = sorted([*done.values(), *built], key=lambda s: s["index"])
     totals, rejects = _account(source, stats)
     keep = {stats_name(split, s["index"]) for s in stats} | {s["shard"] for s in stats if s["shard"]}

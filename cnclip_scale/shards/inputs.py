@@ -4,6 +4,7 @@
 Two layouts give the same view: `{split}_imgs.tsv` + `{split}_texts.jsonl`, or Chinese-CLIP's
 `lmdb/{split}/{imgs,pairs}`. Texts are small and held in memory; images never are.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,12 +22,13 @@ class InputError(Exception):
 @dataclass(slots=True)
 class ImageSlot:
     """One image record as the index scan found it (kept small: there is one per image)."""
-    image_id: str | None   # the id the record claims (None if it has no usable id; the worker says why)
-    est_bytes: int         # decoded size estimate, for sizing shards
-    line: int = 0          # TSV: line number, byte offset and length of the line
+
+    image_id: str | None  # the id the record claims (None if it has no usable id; the worker says why)
+    est_bytes: int  # decoded size estimate, for sizing shards
+    line: int = 0  # TSV: line number, byte offset and length of the line
     offset: int = 0
     length: int = 0
-    key: bytes = b""       # LMDB: the key
+    key: bytes = b""  # LMDB: the key
 
     @property
     def where(self) -> dict:
@@ -44,14 +46,14 @@ class TextEntry:
 
 @dataclass
 class SplitSource:
-    kind: str                      # "tsv" | "lmdb"
-    image_path: str                # the TSV file or the LMDB imgs folder
-    image_label: str               # how rejects name it, e.g. "train_imgs.tsv" or "lmdb/train/imgs"
+    kind: str  # "tsv" | "lmdb"
+    image_path: str  # the TSV file or the LMDB imgs folder
+    image_label: str  # how rejects name it, e.g. "train_imgs.tsv" or "lmdb/train/imgs"
     text_label: str
     fingerprint: str
     images: list[ImageSlot]
     texts: list[TextEntry]
-    text_rejects: list[dict]       # rejected text/pair records found while parsing
+    text_rejects: list[dict]  # rejected text/pair records found while parsing
     texts_input: int
     pairs_input: int
 
@@ -59,14 +61,19 @@ class SplitSource:
 def detect_layout(src: str, split: str, force: str | None = None) -> tuple[str, str]:
     """(kind, folder) for `split` under `src`: a seed folder, a seed folder with lmdb/, or an lmdb/ folder."""
     tsv = os.path.join(src, f"{split}_imgs.tsv")
-    candidates = [("tsv", src, tsv), ("lmdb", os.path.join(src, "lmdb"), os.path.join(src, "lmdb", split, "imgs")),
-                  ("lmdb", src, os.path.join(src, split, "imgs"))]
+    candidates = [
+        ("tsv", src, tsv),
+        ("lmdb", os.path.join(src, "lmdb"), os.path.join(src, "lmdb", split, "imgs")),
+        ("lmdb", src, os.path.join(src, split, "imgs")),
+    ]
     for kind, folder, marker in candidates:
         if (force in (None, kind)) and os.path.exists(marker):
             return kind, folder
     if os.path.exists(src) and not os.path.isdir(src):
-        raise InputError(f"--src {src} is a file, not a folder: pass the folder that holds {split}_imgs.tsv and "
-                         f"{split}_texts.jsonl (or lmdb/)")
+        raise InputError(
+            f"--src {src} is a file, not a folder: pass the folder that holds {split}_imgs.tsv and "
+            f"{split}_texts.jsonl (or lmdb/)"
+        )
     if not os.path.isdir(src):
         raise InputError(f"missing input: source folder {src} does not exist")
     wanted = {"tsv": f"{tsv}", "lmdb": os.path.join(src, "lmdb", split, "imgs")}
@@ -113,27 +120,57 @@ def load_tsv_split(folder: str, split: str, pool=None, parts: int = 1) -> SplitS
             continue
         # Ids compare as text, as everywhere downstream (sample keys, loaders, evaluator): 1 and "1" are one id.
         if str(rec.text_id) in seen:
-            rejects.append(_reject("text", text_label, {"line": line}, "duplicate_text_id",
-                                   f"text_id first seen at line {seen[str(rec.text_id)]}", text_id=rec.text_id))
+            rejects.append(
+                _reject(
+                    "text",
+                    text_label,
+                    {"line": line},
+                    "duplicate_text_id",
+                    f"text_id first seen at line {seen[str(rec.text_id)]}",
+                    text_id=rec.text_id,
+                )
+            )
             continue
         seen[str(rec.text_id)] = line
         entry = TextEntry(rec.text_id, rec.text, {"line": line})
         for image_id in rec.image_ids:
             pairs_input += 1
             if any(image_id == linked for linked, _ in entry.links):
-                rejects.append(_reject("pair", text_label, {"line": line}, "duplicate_pair",
-                                       "image listed twice", text_id=rec.text_id, image_id=image_id))
+                rejects.append(
+                    _reject(
+                        "pair",
+                        text_label,
+                        {"line": line},
+                        "duplicate_pair",
+                        "image listed twice",
+                        text_id=rec.text_id,
+                        image_id=image_id,
+                    )
+                )
             else:
                 entry.links.append((image_id, {"line": line}))
         texts.append(entry)
     cuts = sf.tsv_line_starts(image_path, parts)
     ranges = [(image_path, a, b) for a, b in zip(cuts, cuts[1:])]
-    index = [row for part in (pool.starmap(sf.scan_tsv, ranges) if pool else starmap(sf.scan_tsv, ranges))
-             for row in part]
-    images = [ImageSlot(image_id, length * 3 // 4, line=n, offset=offset, length=length)
-              for n, (offset, length, image_id) in enumerate(index, start=1)]
-    return SplitSource("tsv", image_path, os.path.basename(image_path), text_label,
-                       fingerprint([image_path, text_path], folder), images, texts, rejects, texts_input, pairs_input)
+    index = [
+        row for part in (pool.starmap(sf.scan_tsv, ranges) if pool else starmap(sf.scan_tsv, ranges)) for row in part
+    ]
+    images = [
+        ImageSlot(image_id, length * 3 // 4, line=n, offset=offset, length=length)
+        for n, (offset, length, image_id) in enumerate(index, start=1)
+    ]
+    return SplitSource(
+        "tsv",
+        image_path,
+        os.path.basename(image_path),
+        text_label,
+        fingerprint([image_path, text_path], folder),
+        images,
+        texts,
+        rejects,
+        texts_input,
+        pairs_input,
+    )
 
 
 def load_lmdb_split(folder: str, split: str) -> SplitSource:
@@ -155,18 +192,35 @@ def load_lmdb_split(folder: str, split: str) -> SplitSource:
                 except sf.BadRecord as bad:
                     rejects.append(_reject("pair", pairs_label, where, bad.reason, bad.detail))
                     continue
-                entry = by_text.get(str(text_id))   # 1 and "1" are one id (see load_tsv_split)
+                entry = by_text.get(str(text_id))  # 1 and "1" are one id (see load_tsv_split)
                 if entry is None:
                     entry = by_text[str(text_id)] = TextEntry(text_id, text, where)
                     texts.append(entry)
                 elif entry.text != text:
-                    rejects.append(_reject("pair", pairs_label, where, "conflicting_text",
-                                           f"text_id has another text at key {entry.where['key']}",
-                                           text_id=text_id, image_id=image_id))
+                    rejects.append(
+                        _reject(
+                            "pair",
+                            pairs_label,
+                            where,
+                            "conflicting_text",
+                            f"text_id has another text at key {entry.where['key']}",
+                            text_id=text_id,
+                            image_id=image_id,
+                        )
+                    )
                     continue
                 if any(image_id == linked for linked, _ in entry.links):
-                    rejects.append(_reject("pair", pairs_label, where, "duplicate_pair", "same image and text again",
-                                           text_id=text_id, image_id=image_id))
+                    rejects.append(
+                        _reject(
+                            "pair",
+                            pairs_label,
+                            where,
+                            "duplicate_pair",
+                            "same image and text again",
+                            text_id=text_id,
+                            image_id=image_id,
+                        )
+                    )
                     continue
                 entry.links.append((image_id, where))
     finally:
@@ -177,8 +231,18 @@ def load_lmdb_split(folder: str, split: str) -> SplitSource:
     finally:
         env.close()
     files = [os.path.join(imgs_dir, "data.mdb"), os.path.join(pairs_dir, "data.mdb")]
-    return SplitSource("lmdb", imgs_dir, imgs_label, pairs_label, fingerprint(files, folder), images, texts,
-                       rejects, len(texts), len(keys))
+    return SplitSource(
+        "lmdb",
+        imgs_dir,
+        imgs_label,
+        pairs_label,
+        fingerprint(files, folder),
+        images,
+        texts,
+        rejects,
+        len(texts),
+        len(keys),
+    )
 
 
 def _key_id(key: bytes) -> str | None:

@@ -4,6 +4,7 @@ Reads a split (local or any fsspec URL): prints its counts, checks every shard i
 with ``verify``, its sha256 and sample count against the stats), decodes N samples and prints id and captions, and
 draws a PNG contact sheet.
 """
+
 from __future__ import annotations
 
 import glob
@@ -30,9 +31,11 @@ def iter_samples(dest: Destination, rel: str) -> Iterator[dict]:
         for member in tar:
             if not member.isfile():
                 kind = "a symbolic link" if member.issym() else "a hard link" if member.islnk() else "not a file"
-                raise ShardContentError(f"{dest.path(rel)}: member {member.name} is {kind}"
-                                        + (", not a file" if member.issym() or member.islnk() else "")
-                                        + " (to_shards writes regular files only)")
+                raise ShardContentError(
+                    f"{dest.path(rel)}: member {member.name} is {kind}"
+                    + (", not a file" if member.issym() or member.islnk() else "")
+                    + " (to_shards writes regular files only)"
+                )
             key, ext = member.name.split(".", 1)
             if current and current["__key__"] != key:
                 yield current
@@ -58,9 +61,12 @@ def verify_shard(dest: Destination, split: str, entry: dict) -> list[str]:
     stats = dest.read_json(stats_rel)
     stats = {} if stats is None else check_stats(stats, dest.path(stats_rel))
     problems = []
-    for what, got, want in (("sha256", sha.hexdigest(), entry["sha256"]), ("bytes", size, entry["bytes"]),
-                            ("samples", samples, entry["samples"]),
-                            ("stats sha256", sha.hexdigest(), stats.get("sha256"))):
+    for what, got, want in (
+        ("sha256", sha.hexdigest(), entry["sha256"]),
+        ("bytes", size, entry["bytes"]),
+        ("samples", samples, entry["samples"]),
+        ("stats sha256", sha.hexdigest(), stats.get("sha256")),
+    ):
         if got != want:
             problems.append(f"{entry['shard']}: {what} {got} != recorded {want}")
     return problems
@@ -69,8 +75,13 @@ def verify_shard(dest: Destination, split: str, entry: dict) -> list[str]:
 def _cjk_font(size: int):
     import matplotlib  # its font list covers fonts installed the usual ways
     from PIL import ImageFont
-    patterns = ("/usr/share/fonts/**/*CJK*", "/usr/share/fonts/**/*wqy*", "/usr/share/fonts/**/*Hei*",
-                "/usr/share/fonts/**/*Song*")
+
+    patterns = (
+        "/usr/share/fonts/**/*CJK*",
+        "/usr/share/fonts/**/*wqy*",
+        "/usr/share/fonts/**/*Hei*",
+        "/usr/share/fonts/**/*Song*",
+    )
     candidates = [p for pattern in patterns for p in glob.glob(pattern, recursive=True)]
     candidates += [p for p in glob.glob(matplotlib.get_data_path() + "/fonts/ttf/*") if "CJK" in p]
     for path in candidates:
@@ -119,25 +130,43 @@ def open_split(url: str, storage_options: dict) -> tuple[Destination, str, dict]
     return dest, split, manifest
 
 
-def inspect_split(dest: Destination, split: str, manifest: dict, *, verify: bool = False, show: int = 0,
-                  montage_path: str | None = None) -> int:
+def inspect_split(
+    dest: Destination,
+    split: str,
+    manifest: dict,
+    *,
+    verify: bool = False,
+    show: int = 0,
+    montage_path: str | None = None,
+) -> int:
     """Print the split's counts and shard check (sha256 and sample counts too with ``verify``), ``show`` decoded
     samples, and write a contact sheet to ``montage_path``; 1 if a shard is missing or differs, else 0."""
     t = manifest["totals"]
-    print(f"{split}: {t['shards']} shards, {t['samples']} samples (group={manifest['group']}), {t['images']} images, "
-          f"{t['texts']} texts, {t['pairs']} pairs, {t['bytes'] / 1e6:.1f} MB")
+    print(
+        f"{split}: {t['shards']} shards, {t['samples']} samples (group={manifest['group']}), {t['images']} images, "
+        f"{t['texts']} texts, {t['pairs']} pairs, {t['bytes'] / 1e6:.1f} MB"
+    )
     for kind, row in manifest["records"].items():
-        print(f"  {kind}: input {row['input']} = written {row['written']} + rejected {row['rejected']}"
-              + (f"  {manifest['rejects'].get(kind, {})}" if row["rejected"] else ""))
+        print(
+            f"  {kind}: input {row['input']} = written {row['written']} + rejected {row['rejected']}"
+            + (f"  {manifest['rejects'].get(kind, {})}" if row["rejected"] else "")
+        )
     on_disk = dest.list_sizes(split)
-    problems = [f"{e['shard']}: missing" if e["shard"] not in on_disk else
-                f"{e['shard']}: {on_disk[e['shard']]} bytes, recorded {e['bytes']}"
-                for e in manifest["shards"] if on_disk.get(e["shard"]) != e["bytes"]]
+    problems = [
+        f"{e['shard']}: missing"
+        if e["shard"] not in on_disk
+        else f"{e['shard']}: {on_disk[e['shard']]} bytes, recorded {e['bytes']}"
+        for e in manifest["shards"]
+        if on_disk.get(e["shard"]) != e["bytes"]
+    ]
     if verify and not problems:
         for entry in manifest["shards"]:
             problems += verify_shard(dest, split, entry)
-    print("\n".join(f"  PROBLEM {p}" for p in problems) if problems else
-          f"  all {t['shards']} shards present" + (", sha256 and sample counts match" if verify else ""))
+    print(
+        "\n".join(f"  PROBLEM {p}" for p in problems)
+        if problems
+        else f"  all {t['shards']} shards present" + (", sha256 and sample counts match" if verify else "")
+    )
     wanted = show or (16 if montage_path else 0)
     shown = []
     for entry in manifest["shards"] if wanted else []:
@@ -160,6 +189,12 @@ def inspect_split(dest: Destination, split: str, manifest: dict, *, verify: bool
             print(f"  {s['__key__']}: image {meta['image_id']} {image.format} {size}: {captions}")
     if montage_path:
         drew_captions = montage(shown, montage_path)
-        print(f"  montage of {len(shown)} samples -> {montage_path}" + (
-            "" if drew_captions else " (no CJK font here: ids drawn; captions are in the PNG's 'captions' text chunk)"))
+        print(
+            f"  montage of {len(shown)} samples -> {montage_path}"
+            + (
+                ""
+                if drew_captions
+                else " (no CJK font here: ids drawn; captions are in the PNG's 'captions' text chunk)"
+            )
+        )
     return 1 if problems else 0

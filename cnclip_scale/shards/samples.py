@@ -3,6 +3,7 @@
 Keys must be unique and safe as tar member names whatever the ids contain: webdataset splits a
 member name at the first "." after the last "/", so neither may appear in a key.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,9 @@ _MAX_KEY = 80  # keeps member names well inside the 100-byte ustar name field
 
 def _escape(value) -> str:
     # Everything but [A-Za-z0-9] becomes _HH per UTF-8 byte, so "-" can join ids without ambiguity.
-    return "".join(c if c in _SAFE else "".join(f"_{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
-                   for c in str(value))
+    return "".join(
+        c if c in _SAFE else "".join(f"_{b:02X}" for b in c.encode("utf-8", "surrogatepass")) for c in str(value)
+    )
 
 
 def sample_key(image_id: str, text_id=None) -> str:

@@ -4,6 +4,7 @@ The rule every write here keeps: a reader never sees a half-written file. Locall
 hidden temporary name and rename; on object stores (s3://...) the object only exists once the upload
 completes on close, and a failed write aborts the upload instead of completing it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +12,7 @@ import hashlib
 import json
 import os
 import tarfile
-from typing import Iterator
+from collections.abc import Iterator
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -103,15 +104,16 @@ class Destination:
             entries = self.fs.ls(self.path(rel_dir), detail=True, refresh=True)
         except FileNotFoundError:
             return {}
-        return {e["name"].rstrip("/").rsplit("/", 1)[-1]: e.get("size") or 0
-                for e in entries if e.get("type") == "file"}
+        return {
+            e["name"].rstrip("/").rsplit("/", 1)[-1]: e.get("size") or 0 for e in entries if e.get("type") == "file"
+        }
 
     def remove(self, rel_paths: list[str]) -> None:
         if rel_paths:
             self.fs.rm([self.path(p) for p in rel_paths])
 
 
-_MODE_OWNER = b"%07o\0" % 0o444 + b"%07o\0" % 0 * 2           # mode, uid, gid
+_MODE_OWNER = b"%07o\0" % 0o444 + b"%07o\0" % 0 * 2  # mode, uid, gid
 _MTIME = b"%011o\0" % 0
 _AFTER_CHECKSUM = (tarfile.REGTYPE + b"\0" * 100 + tarfile.POSIX_MAGIC).ljust(512 - 156, b"\0")
 _CONSTANT_SUM = sum(_MODE_OWNER) + sum(_MTIME) + sum(_AFTER_CHECKSUM) + 8 * ord(" ")
@@ -122,12 +124,13 @@ def ustar_header(name: str, size: int) -> bytes:
     assembled from constant parts: TarInfo.tobuf costs ~90 us, a tenth of a 100 KB image's budget.
     Sample keys keep names ASCII and short; anything else is refused rather than mis-encoded."""
     encoded = name.encode("ascii")
-    if len(encoded) > 100 or size >= 8 ** 11:
+    if len(encoded) > 100 or size >= 8**11:
         raise ValueError(f"tar member {name!r} of {size} bytes does not fit a plain ustar header")
     size_field = b"%011o\0" % size
     checksum = _CONSTANT_SUM + sum(encoded) + sum(size_field)  # the checksum field counts as 8 spaces
-    return b"".join((encoded.ljust(100, b"\0"), _MODE_OWNER, size_field, _MTIME, b"%06o\0 " % checksum,
-                     _AFTER_CHECKSUM))
+    return b"".join(
+        (encoded.ljust(100, b"\0"), _MODE_OWNER, size_field, _MTIME, b"%06o\0 " % checksum, _AFTER_CHECKSUM)
+    )
 
 
 class TarShard:
@@ -162,8 +165,13 @@ def describe_storage_error(err: Exception, url: str, verb: str = "write to") -> 
     """One line a user can act on, from whatever the filesystem raised."""
     text = f"{type(err).__name__}: {err}".splitlines()[0][:300]
     lowered = text.lower()
-    if isinstance(err, PermissionError) or "accessdenied" in lowered or "signaturedoesnotmatch" in lowered \
-            or "invalidaccesskeyid" in lowered or "403" in lowered:
+    if (
+        isinstance(err, PermissionError)
+        or "accessdenied" in lowered
+        or "signaturedoesnotmatch" in lowered
+        or "invalidaccesskeyid" in lowered
+        or "403" in lowered
+    ):
         return f"access denied at {url} (check credentials / --storage-options): {text}"
     if "nosuchbucket" in lowered or (isinstance(err, FileNotFoundError) and "://" in url):
         return f"bucket does not exist for {url}: {text}"

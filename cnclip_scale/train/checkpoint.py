@@ -12,6 +12,7 @@ On disk (unchanged since the first checkpoints, so old runs resume)::
     checkpoints/step00000100/rank00000_state.json   {"data": loader position (all ranks'), "rng": random streams}
     checkpoints/universal/step00000100/         a tag converted by ds_to_universal for another world size
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,10 @@ class Checkpointer:
         """Convert the checkpoint to resume from, if another world size wrote it (all ranks call this)."""
         if self.universal:
             root, tag = self.resume
-            log.info(f"checkpoint {root / tag} was written by {saved_world_size(root, tag)} ranks; converting it to "
-                     f"a universal checkpoint for {comm.world()}")
+            log.info(
+                f"checkpoint {root / tag} was written by {saved_world_size(root, tag)} ranks; converting it to "
+                f"a universal checkpoint for {comm.world()}"
+            )
             to_universal(root, tag)
 
     def track(self, *, engine, loader, state: TrainState, meta: dict) -> None:
@@ -108,8 +111,9 @@ def save(engine, output_dir: str | Path, step: int, client_state: dict, rank_sta
     """
     root = checkpoint_dir(output_dir)
     tag = f"step{step:08d}"
-    client_state = dict(client_state, universal_checkpoint_info={"universal_checkpoint_version": 0.2},
-                        world_size=comm.world())
+    client_state = dict(
+        client_state, universal_checkpoint_info={"universal_checkpoint_version": 0.2}, world_size=comm.world()
+    )
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
     rank = comm.rank()
     _atomic_write(root / tag / f"rank{rank:05d}_state.json", json.dumps(rank_state))
@@ -128,8 +132,11 @@ def prune(root: Path, keep_last: int) -> None:
     user's ``step_notes/`` or a tag-named folder without our files stays, and so does anything behind a symlink."""
     if keep_last < 1:  # config validation refuses it too; 0 would delete the checkpoint just written
         raise ValueError(f"keep_last must be at least 1, got {keep_last}")
-    tags = sorted(p.name for p in root.iterdir() if OWN_TAG.fullmatch(p.name) and p.is_dir() and not p.is_symlink()
-                  and any(p.glob("rank*_state.json")))
+    tags = sorted(
+        p.name
+        for p in root.iterdir()
+        if OWN_TAG.fullmatch(p.name) and p.is_dir() and not p.is_symlink() and any(p.glob("rank*_state.json"))
+    )
     for old in tags[: max(0, len(tags) - keep_last)]:
         shutil.rmtree(root / old, ignore_errors=True)
         universal = root / UNIVERSAL / old
@@ -142,12 +149,16 @@ def _inside(root: Path, tag: str, pointer: str) -> Path:
     ``latest`` file naming ``../x`` or ``/x`` would otherwise send a resume (and the clean-up of a universal
     conversion) outside the run's checkpoint folder."""
     if not tag:
-        raise ResumeError(f"{pointer} is empty; delete it to start afresh, or write the tag to resume from "
-                          f"(e.g. step00000100) into it")
+        raise ResumeError(
+            f"{pointer} is empty; delete it to start afresh, or write the tag to resume from "
+            f"(e.g. step00000100) into it"
+        )
     plain = tag not in (".", "..") and "/" not in tag and "\\" not in tag and not os.path.isabs(tag)
     if not plain or (root / tag).resolve().parent != root.resolve():
-        raise ResumeError(f"{pointer} names {tag!r}, which is not a checkpoint tag inside {root}; refusing to read or "
-                          "write outside the run's checkpoint folder")
+        raise ResumeError(
+            f"{pointer} names {tag!r}, which is not a checkpoint tag inside {root}; refusing to read or "
+            "write outside the run's checkpoint folder"
+        )
     return root / tag
 
 
@@ -156,8 +167,10 @@ def _check_tag(root: Path, tag: str, pointer: str) -> None:
     every rank alike, so a bad checkpoint is one line instead of one rank failing while the others wait."""
     path = _inside(root, tag, pointer)
     if not path.is_dir():
-        raise ResumeError(f"{pointer} points to {tag!r} but {path} does not exist; delete {root / LATEST} or point it "
-                          "to an existing tag")
+        raise ResumeError(
+            f"{pointer} points to {tag!r} but {path} does not exist; delete {root / LATEST} or point it "
+            "to an existing tag"
+        )
     states = sorted(path.glob("rank*_state.json"))
     if not states:
         raise ResumeError(f"{path}: no rank*_state.json (an incomplete checkpoint, or not written by this trainer)")
@@ -167,8 +180,10 @@ def _check_tag(root: Path, tag: str, pointer: str) -> None:
         except (OSError, UnicodeDecodeError, ValueError):
             ok = False
         if not ok:
-            raise ResumeError(f"{state}: not a complete rank state (truncated or damaged); resume from an earlier tag "
-                              f"by writing its name into {root / LATEST}")
+            raise ResumeError(
+                f"{state}: not a complete rank state (truncated or damaged); resume from an earlier tag "
+                f"by writing its name into {root / LATEST}"
+            )
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -217,9 +232,15 @@ def to_universal(root: Path, tag: str) -> None:
 
         shutil.rmtree(out, ignore_errors=True)
         workers = max(1, min(8, (os.cpu_count() or 2) // 2))  # the conversion is per-parameter, in parallel
-        args = argparse.Namespace(input_folder=str(root / tag), output_folder=str(out), num_extract_workers=workers,
-                                  num_merge_workers=workers, keep_temp_folder=False, strict=True,
-                                  inject_missing_state=False)
+        args = argparse.Namespace(
+            input_folder=str(root / tag),
+            output_folder=str(out),
+            num_extract_workers=workers,
+            num_merge_workers=workers,
+            keep_temp_folder=False,
+            strict=True,
+            inject_missing_state=False,
+        )
         try:
             with deepspeed_safe_load():  # the converter, too, calls torch.load(weights_only=False)
                 ds_to_universal.main(args)
@@ -231,7 +252,8 @@ def to_universal(root: Path, tag: str) -> None:
         raise ResumeError(
             f"checkpoint {root / tag} was written by {saved_world_size(root, tag)} ranks; converting it to a universal "
             f"checkpoint for {comm.world()} ranks failed ({errors[0]}). Either run with the original number of "
-            f"ranks, or start a new run from its weights: model.init={root / tag} train.resume=none.")
+            f"ranks, or start a new run from its weights: model.init={root / tag} train.resume=none."
+        )
 
 
 def load(engine, root: Path, tag: str) -> tuple[dict, dict]:
@@ -248,8 +270,13 @@ def load(engine, root: Path, tag: str) -> tuple[dict, dict]:
         with deepspeed_safe_load():
             _, client_state = engine.load_checkpoint(str(root / UNIVERSAL if universal else root), tag=tag)
     except pickle.UnpicklingError as e:  # the weights-only loader refused a pickle that is more than tensors
-        client_state, error = None, (f"checkpoint {root / tag}: refused: a file holds more than tensors and plain "
-                                     f"values (crafted, or not written by DeepSpeed): {str(e).splitlines()[0]}")
+        client_state, error = (
+            None,
+            (
+                f"checkpoint {root / tag}: refused: a file holds more than tensors and plain "
+                f"values (crafted, or not written by DeepSpeed): {str(e).splitlines()[0]}"
+            ),
+        )
     # Every rank learns whether any rank refused its files: one rank failing alone would leave the others waiting in
     # their first collective.
     errors = [e for e in comm.gather_objects(error) if e]

@@ -5,6 +5,7 @@
 Unknown keys are errors (a typo must not silently train with a default). The resolved config is saved next to the
 checkpoints (``save_config``) and is what a resumed run compares against.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,18 @@ import yaml
 from ..data.config import DataCfg
 from ..errors import UserError
 
-__all__ = ["ConfigError", "DataCfg", "DeepSpeedCfg", "ModelCfg", "OptimCfg", "RunConfig", "TrainCfg", "check_config",
-           "load_config", "save_config"]
+__all__ = [
+    "ConfigError",
+    "DataCfg",
+    "DeepSpeedCfg",
+    "ModelCfg",
+    "OptimCfg",
+    "RunConfig",
+    "TrainCfg",
+    "check_config",
+    "load_config",
+    "save_config",
+]
 
 Precision = Literal["fp16", "bf16", "fp32"]
 ZeroStage = Literal[0, 1, 2, 3]
@@ -98,8 +109,10 @@ class _StrictLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             if key in seen:
-                raise ConfigError(f"key {key!r} given twice (lines {seen[key]} and {key_node.start_mark.line + 1}); "
-                                  "merge them into one")
+                raise ConfigError(
+                    f"key {key!r} given twice (lines {seen[key]} and {key_node.start_mark.line + 1}); "
+                    "merge them into one"
+                )
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
@@ -200,8 +213,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, optim:, deepspeed:, train:), "
-                              f"got a {type(data).__name__}")
+            raise ConfigError(
+                f"{path}: expected a mapping of sections (model:, data:, optim:, deepspeed:, train:), "
+                f"got a {type(data).__name__}"
+            )
         _apply(cfg, data, f"{path}: ")
     _apply(cfg, parse_overrides(overrides or []), "override ")
     check_config(cfg)
@@ -210,10 +225,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 # (key, smallest value that works). None stays allowed where the field is optional.
 _AT_LEAST = [
-    ("model.context_length", 1), ("model.image_size", 1), ("data.batch_size", 1), ("data.valid_batch_size", 1),
+    ("model.context_length", 1),
+    ("model.image_size", 1),
+    ("data.batch_size", 1),
+    ("data.valid_batch_size", 1),
     ("data.workers", 0),
-    ("data.epoch_samples", 1), ("data.shuffle_buffer", 0), ("optim.max_steps", 1), ("optim.max_epochs", 1),
-    ("optim.warmup", 0), ("train.save_every", 0), ("train.keep_last", 1), ("train.log_every", 1),
+    ("data.epoch_samples", 1),
+    ("data.shuffle_buffer", 0),
+    ("optim.max_steps", 1),
+    ("optim.max_epochs", 1),
+    ("optim.warmup", 0),
+    ("train.save_every", 0),
+    ("train.keep_last", 1),
+    ("train.log_every", 1),
     ("train.valid_every", 0),
 ]
 
@@ -250,11 +274,15 @@ def check_model(model: ModelCfg):
         raise ConfigError(f"model.name: {e}") from None
     vision = config.vision
     if vision.image_size % vision.patch_size:
-        raise ConfigError(f"model.image_size: {vision.image_size} is not a multiple of the patch size "
-                          f"{vision.patch_size} of {model.name}")
+        raise ConfigError(
+            f"model.image_size: {vision.image_size} is not a multiple of the patch size "
+            f"{vision.patch_size} of {model.name}"
+        )
     if model.context_length > config.text.max_position_embeddings:
-        raise ConfigError(f"model.context_length: {model.context_length} is more than the "
-                          f"{config.text.max_position_embeddings} positions of {model.name}'s text tower")
+        raise ConfigError(
+            f"model.context_length: {model.context_length} is more than the "
+            f"{config.text.max_position_embeddings} positions of {model.name}'s text tower"
+        )
     return config
 
 

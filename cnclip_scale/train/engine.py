@@ -3,6 +3,7 @@
 Everything that knows DeepSpeed lives here, in ``checkpoint.py`` (its save/load/universal conversion) and in
 ``loop.py`` which calls them; the model does not.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,9 +43,14 @@ def ds_config(cfg: RunConfig, world_size: int) -> dict:
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
         # Dynamic loss scaling (loss_scale 0) over fp32 master weights: what Chinese-CLIP's pure-fp16 mode lacks.
-        "fp16": {"enabled": precision == "fp16", "loss_scale": 0,
-                 "initial_scale_power": cfg.deepspeed.initial_scale_power,
-                 "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
+        "fp16": {
+            "enabled": precision == "fp16",
+            "loss_scale": 0,
+            "initial_scale_power": cfg.deepspeed.initial_scale_power,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
         "bf16": {"enabled": precision == "bf16"},
         "zero_allow_untested_optimizer": True,  # our client torch AdamW
         "steps_per_print": 10**9,
@@ -82,13 +88,19 @@ def build_engine(model: torch.nn.Module, cfg: RunConfig, max_steps: int, load_un
     accelerator = get_accelerator()
     for half, supported in (("fp16", accelerator.is_fp16_supported), ("bf16", accelerator.is_bf16_supported)):
         if config.get(half, {}).get("enabled") and not supported():
-            raise ConfigError(f"deepspeed.precision={half}: this {accelerator.device_name()} device has no {half} "
-                              "support DeepSpeed accepts; choose another precision (bf16 or fp32)")
+            raise ConfigError(
+                f"deepspeed.precision={half}: this {accelerator.device_name()} device has no {half} "
+                "support DeepSpeed accepts; choose another precision (bf16 or fp32)"
+            )
     if load_universal:
         config.setdefault("checkpoint", {})["load_universal"] = True
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
-        model_parameters=[p for p in model.parameters() if p.requires_grad])
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=config,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+    )
     return engine
 
 
@@ -141,8 +153,10 @@ def plain_model_copy(engine) -> torch.nn.Module:
     own = dict(copy.named_parameters())
     params = list(module.parameters())
     # modifier_rank=None: gathered read-only on every rank (ZeRO-3); a no-op on the other stages.
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=hasattr(params[0], "ds_id")), \
-            torch.no_grad():
+    with (
+        deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=hasattr(params[0], "ds_id")),
+        torch.no_grad(),
+    ):
         for name, param in module.named_parameters():
             own[name].copy_(param.detach())
     return copy

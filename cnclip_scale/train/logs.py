@@ -1,4 +1,5 @@
 """Rank-0 logging: the seed's line format (Chinese-CLIP users grep these), a metrics JSONL, TensorBoard events."""
+
 from __future__ import annotations
 
 import json
@@ -53,22 +54,28 @@ class _RankAdapter(logging.LoggerAdapter):
 
 def train_line(m: dict) -> str:
     pct = 100.0 * m["epoch_samples"] / max(1, m["samples_per_epoch"])
-    return (f"Global Steps: {m['step']}/{m['max_steps']} | Train Epoch: {m['epoch'] + 1} "
-            f"[{m['epoch_samples']}/{m['samples_per_epoch']} ({pct:.0f}%)] | Loss: {m['loss']:.6f} | "
-            f"Image2Text Acc: {100 * m['i2t_acc']:.2f} | Text2Image Acc: {100 * m['t2i_acc']:.2f} | "
-            f"Data Time: {m['data_time']:.3f}s | Batch Time: {m['batch_time']:.3f}s | LR: {m['lr']:.6f} | "
-            f"logit_scale: {m['logit_scale']:.3f} | Global Batch Size: {m['global_batch_size']} | "
-            f"Samples/s: {m['samples_per_s']:.1f} | Loss Scale: {m['loss_scale']:g} | "
-            f"Skipped Steps: {m['skipped_steps']}")
+    return (
+        f"Global Steps: {m['step']}/{m['max_steps']} | Train Epoch: {m['epoch'] + 1} "
+        f"[{m['epoch_samples']}/{m['samples_per_epoch']} ({pct:.0f}%)] | Loss: {m['loss']:.6f} | "
+        f"Image2Text Acc: {100 * m['i2t_acc']:.2f} | Text2Image Acc: {100 * m['t2i_acc']:.2f} | "
+        f"Data Time: {m['data_time']:.3f}s | Batch Time: {m['batch_time']:.3f}s | LR: {m['lr']:.6f} | "
+        f"logit_scale: {m['logit_scale']:.3f} | Global Batch Size: {m['global_batch_size']} | "
+        f"Samples/s: {m['samples_per_s']:.1f} | Loss Scale: {m['loss_scale']:g} | "
+        f"Skipped Steps: {m['skipped_steps']}"
+    )
 
 
 def valid_line(m: dict) -> str:
-    line = (f"Validation Result (epoch {m['epoch'] + 1} @ {m['step']} steps) | Valid Loss: {m['valid_loss']:.6f} | "
-            f"Image2Text Acc: {100 * m['valid_i2t_acc']:.2f} | Text2Image Acc: {100 * m['valid_t2i_acc']:.2f} | "
-            f"logit_scale: {m['logit_scale']:.3f} | Valid Batch Size: {m['valid_batch_size']}")
+    line = (
+        f"Validation Result (epoch {m['epoch'] + 1} @ {m['step']} steps) | Valid Loss: {m['valid_loss']:.6f} | "
+        f"Image2Text Acc: {100 * m['valid_i2t_acc']:.2f} | Text2Image Acc: {100 * m['valid_t2i_acc']:.2f} | "
+        f"logit_scale: {m['logit_scale']:.3f} | Valid Batch Size: {m['valid_batch_size']}"
+    )
     if "t2i_mean_recall" in m:
-        line += (f" | Text2Image R@1/5/10: {m['t2i_r1']:.2f}/{m['t2i_r5']:.2f}/{m['t2i_r10']:.2f} | "
-                 f"Image2Text R@1/5/10: {m['i2t_r1']:.2f}/{m['i2t_r5']:.2f}/{m['i2t_r10']:.2f}")
+        line += (
+            f" | Text2Image R@1/5/10: {m['t2i_r1']:.2f}/{m['t2i_r5']:.2f}/{m['t2i_r10']:.2f} | "
+            f"Image2Text R@1/5/10: {m['i2t_r1']:.2f}/{m['i2t_r5']:.2f}/{m['i2t_r10']:.2f}"
+        )
     return line
 
 
@@ -82,6 +89,7 @@ class MetricsSink:
             self.jsonl = open(output_dir / "metrics.jsonl", "a", encoding="utf-8")
             try:
                 from torch.utils.tensorboard import SummaryWriter
+
                 self.writer = SummaryWriter(str(output_dir / "tensorboard"))
             except ImportError:  # tensorboard is a declared dependency; keep training if a user removed it
                 self.writer = None

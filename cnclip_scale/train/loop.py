@@ -6,6 +6,7 @@ backward, step, clamp logit_scale; then log, validate, checkpoint) → final che
 
 Host synchronisations happen on log, validation and checkpoint steps only (see ``step.py``).
 """
+
 from __future__ import annotations
 
 import json
@@ -40,9 +41,10 @@ __all__ = ["NonFiniteLoss", "Preflight", "preflight", "train", "train_step"]
 @dataclass(kw_only=True)
 class Preflight:
     """What the checks found, for the run to use rather than read again."""
+
     model_config: CLIPConfig
-    init: tuple | None                # ``read_checkpoint(cfg.model.init)``
-    resume: tuple[Path, str] | None   # the checkpoint to resume from (see ``checkpoint.find_resume``)
+    init: tuple | None  # ``read_checkpoint(cfg.model.init)``
+    resume: tuple[Path, str] | None  # the checkpoint to resume from (see ``checkpoint.find_resume``)
     tokenizer: Tokenizer
     train_loader: TrainLoader
     validator: Validator | None
@@ -71,18 +73,32 @@ def preflight(cfg: RunConfig) -> Preflight:
     tokenizer = Tokenizer.for_model_dir(init_dir, cfg.model.context_length)
     size = model_config.vision.image_size
     try:
-        train_loader = build_train_loader(cfg.data.reading("train"), tokenizer=tokenizer,
-                                          transform=ImageTransform(resolution=size, augment=cfg.data.augment),
-                                          rank=rank, world_size=world, seed=cfg.train.seed)
+        train_loader = build_train_loader(
+            cfg.data.reading("train"),
+            tokenizer=tokenizer,
+            transform=ImageTransform(resolution=size, augment=cfg.data.augment),
+            rank=rank,
+            world_size=world,
+            seed=cfg.train.seed,
+        )
     except EpochTooSmall as e:
         raise ConfigError(f"data.train: {e}; lower data.batch_size or add data") from None
     try:
-        validator = Validator(cfg, tokenizer=tokenizer, transform=ImageTransform(resolution=size), rank=rank,
-                              world_size=world) if cfg.data.valid else None
+        validator = (
+            Validator(cfg, tokenizer=tokenizer, transform=ImageTransform(resolution=size), rank=rank, world_size=world)
+            if cfg.data.valid
+            else None
+        )
     except EpochTooSmall as e:
         raise ConfigError(f"data.valid: {e}") from None
-    return Preflight(model_config=model_config, init=init, resume=resume, tokenizer=tokenizer,
-                     train_loader=train_loader, validator=validator)
+    return Preflight(
+        model_config=model_config,
+        init=init,
+        resume=resume,
+        tokenizer=tokenizer,
+        train_loader=train_loader,
+        validator=validator,
+    )
 
 
 def _check_sources(key: str, specs: list[str], weights) -> None:
@@ -116,9 +132,11 @@ def train(cfg: RunConfig) -> dict:
     rank, world = comm.rank(), comm.world()
     out_dir = Path(cfg.train.output_dir)
     log = setup_logging(out_dir, rank)
-    log.info(f"launcher={info.launcher} world_size={world} precision={cfg.deepspeed.precision} "
-             f"zero_stage={cfg.deepspeed.zero_stage} model={cfg.model.name} host={socket.gethostname()}",
-             extra={"all_ranks": True})
+    log.info(
+        f"launcher={info.launcher} world_size={world} precision={cfg.deepspeed.precision} "
+        f"zero_stage={cfg.deepspeed.zero_stage} model={cfg.model.name} host={socket.gethostname()}",
+        extra={"all_ranks": True},
+    )
     seed_everything(cfg.train.seed)  # identical init on every rank (DeepSpeed also broadcasts rank 0's weights)
     model = _build_model(cfg, checked, log)
     train_loader, validator = checked.train_loader, checked.validator
@@ -135,12 +153,18 @@ def train(cfg: RunConfig) -> dict:
 
     global_batch = cfg.data.batch_size * world
     state = TrainState()
-    checkpointer.track(engine=engine, loader=train_loader, state=state,
-                       meta={"model_config": model.config.to_dict(), "run_config": cfg.to_dict()})
+    checkpointer.track(
+        engine=engine,
+        loader=train_loader,
+        state=state,
+        meta={"model_config": model.config.to_dict(), "run_config": cfg.to_dict()},
+    )
     if checkpointer.restore(seed=cfg.train.seed, global_batch=global_batch):
         root, tag = checked.resume
-        log.info(f"resumed from {root / tag} at step {state.step} (epoch {state.epoch + 1}, batch "
-                 f"{state.epoch_batches})", extra={"all_ranks": True})
+        log.info(
+            f"resumed from {root / tag} at step {state.step} (epoch {state.epoch + 1}, batch {state.epoch_batches})",
+            extra={"all_ranks": True},
+        )
 
     def save() -> None:
         log.info(f"saved checkpoint {checkpointer.save()}")
@@ -176,12 +200,23 @@ def train(cfg: RunConfig) -> dict:
             images, ids, mask, pair_ids = step_inputs(batch, device, dtype, cfg.train.false_negatives)
             next_step = state.step + 1
             try:
-                out, logit_scale = train_step(engine, images, ids, mask, pair_ids, logit_scale, watch=watch,
-                                              step=next_step, check=is_log_step(next_step) or is_save_step(next_step))
+                out, logit_scale = train_step(
+                    engine,
+                    images,
+                    ids,
+                    mask,
+                    pair_ids,
+                    logit_scale,
+                    watch=watch,
+                    step=next_step,
+                    check=is_log_step(next_step) or is_save_step(next_step),
+                )
             except NonFiniteLoss as e:
-                raise NonFiniteLoss(f"non-finite loss at step {e.step} ({precision}); stopping. The last good "
-                                    f"checkpoint is in {checkpointer.root} (step {state.last_saved}).",
-                                    e.step) from None
+                raise NonFiniteLoss(
+                    f"non-finite loss at step {e.step} ({precision}); stopping. The last good "
+                    f"checkpoint is in {checkpointer.root} (step {state.last_saved}).",
+                    e.step,
+                ) from None
             state.advance(global_batch)
             if is_log_step(state.step):
                 metrics = mean_over_ranks(out)  # host sync (log steps only)
@@ -190,13 +225,22 @@ def train(cfg: RunConfig) -> dict:
                 batch_time = (now - logged[0]) / (state.step - logged[1])
                 logged = (now, state.step)
                 metrics.update(
-                    step=state.step, max_steps=max_steps, epoch=state.epoch, epoch_samples=state.epoch_samples,
-                    samples_per_epoch=steps_per_epoch * global_batch, data_time=data_time, batch_time=batch_time,
+                    step=state.step,
+                    max_steps=max_steps,
+                    epoch=state.epoch,
+                    epoch_samples=state.epoch_samples,
+                    samples_per_epoch=steps_per_epoch * global_batch,
+                    data_time=data_time,
+                    batch_time=batch_time,
                     # .item(): a host sync, on log steps only (as the metrics' .tolist() above)
-                    lr=engine.get_lr()[0], logit_scale=logit_scale.item(), global_batch_size=global_batch,
-                    samples_per_s=global_batch / max(batch_time, 1e-9), skipped_steps=engine.skipped_steps,
+                    lr=engine.get_lr()[0],
+                    logit_scale=logit_scale.item(),
+                    global_batch_size=global_batch,
+                    samples_per_s=global_batch / max(batch_time, 1e-9),
+                    skipped_steps=engine.skipped_steps,
                     loss_scale=engine.optimizer.cur_scale if precision == "fp16" else 1.0,
-                    **{f"data_{k}": v for k, v in train_loader.stats().items()})
+                    **{f"data_{k}": v for k, v in train_loader.stats().items()},
+                )
                 log.info(train_line(metrics))
                 sink.write("train", metrics)
             if is_valid_step(state.step):

@@ -9,6 +9,7 @@ single-process loss on the whole global batch.
 False negatives: two entries of a batch that share an image id or a text id (``--group pair`` data, a caption
 shared by several images) are both positives; the target is spread evenly over them rather than pushing them apart.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,9 +18,14 @@ import torch.nn.functional as F
 from .. import comm
 
 
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, scale: torch.Tensor,
-              image_ids: torch.Tensor | None = None, text_ids: torch.Tensor | None = None,
-              distributed: bool = True) -> dict[str, torch.Tensor]:
+def clip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    scale: torch.Tensor,
+    image_ids: torch.Tensor | None = None,
+    text_ids: torch.Tensor | None = None,
+    distributed: bool = True,
+) -> dict[str, torch.Tensor]:
     """Loss of this rank's rows (the engine averages over ranks) and in-batch accuracies over the global batch.
 
     ``image_ids``/``text_ids``: int64 ids of this rank's entries (``data.ids.id_hashes``), or None to treat every

@@ -4,6 +4,7 @@ No weight decay for: biases, every normalisation layer (found by module type, so
 norms are caught whatever they are called), the ViT's class token and position embedding, and ``logit_scale``.
 Word/position embedding tables of BERT keep decay, as BERT was trained.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,4 +58,5 @@ def lr_at(step: int, base_lr: float, warmup: int, max_steps: int, min_lr: float 
 
 def build_scheduler(optimizer, base_lr: float, warmup: int, max_steps: int, min_lr: float = 0.0):
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_at(step, base_lr, warmup, max_steps, min_lr) / base_lr)
+        optimizer, lambda step: lr_at(step, base_lr, warmup, max_steps, min_lr) / base_lr
+    )

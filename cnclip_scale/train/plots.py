@@ -3,6 +3,7 @@
 Records are ``{"kind": "train"|"valid", "step", ...}``; a resumed run appends, so for a repeated (kind, step)
 the last record wins. Recall panel: any numeric ``valid`` key with ``recall`` or an ``r1``/``r5``/``r10`` part.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,14 +39,25 @@ def series(records: dict[int, dict], key: str) -> tuple[list[int], list[float]]:
 def _panels(metrics: dict[str, dict[int, dict]]) -> list[tuple[str, list]]:
     """(title, [((steps, values), label), ...]) of every panel that has data."""
     train, valid = metrics.get("train", {}), metrics.get("valid", {})
-    recall_keys = sorted({k for r in valid.values() for k, v in r.items()
-                          if isinstance(v, (int, float)) and RECALL.search(k)})
-    panels = [("loss", [(train, "loss", "train"), (valid, "loss", "valid"), (valid, "valid_loss", "valid")]),
-              ("learning rate", [(train, "lr", "lr")]),
-              ("in-batch accuracy (%)", [(train, "i2t_acc", "train i2t"), (train, "t2i_acc", "train t2i"),
-                                         (valid, "valid_i2t_acc", "valid i2t"), (valid, "valid_t2i_acc", "valid t2i"),
-                                         (valid, "i2t_acc", "valid i2t"), (valid, "t2i_acc", "valid t2i")]),
-              ("recall (%)", [(valid, k, k) for k in recall_keys])]
+    recall_keys = sorted(
+        {k for r in valid.values() for k, v in r.items() if isinstance(v, (int, float)) and RECALL.search(k)}
+    )
+    panels = [
+        ("loss", [(train, "loss", "train"), (valid, "loss", "valid"), (valid, "valid_loss", "valid")]),
+        ("learning rate", [(train, "lr", "lr")]),
+        (
+            "in-batch accuracy (%)",
+            [
+                (train, "i2t_acc", "train i2t"),
+                (train, "t2i_acc", "train t2i"),
+                (valid, "valid_i2t_acc", "valid i2t"),
+                (valid, "valid_t2i_acc", "valid t2i"),
+                (valid, "i2t_acc", "valid i2t"),
+                (valid, "t2i_acc", "valid t2i"),
+            ],
+        ),
+        ("recall (%)", [(valid, k, k) for k in recall_keys]),
+    ]
     panels = [(title, [(series(recs, key), label) for recs, key, label in lines]) for title, lines in panels]
     panels = [(title, [(s, label) for s, label in lines if s[0]]) for title, lines in panels]
     return [(title, lines) for title, lines in panels if lines]
@@ -75,4 +87,3 @@ def plot(metrics: dict[str, dict[int, dict]], out: str) -> list[str]:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return [title for title, _ in panels]
-

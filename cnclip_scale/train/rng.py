@@ -1,4 +1,5 @@
 """The process's random streams (Python, NumPy, torch CPU and CUDA): seeded, and saved as JSON for exact resume."""
+
 from __future__ import annotations
 
 import random
@@ -14,8 +15,11 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": _jsonable(random.getstate()), "numpy": _jsonable(np.random.get_state()),
-             "torch": torch.get_rng_state().tolist()}
+    state = {
+        "python": _jsonable(random.getstate()),
+        "numpy": _jsonable(np.random.get_state()),
+        "torch": torch.get_rng_state().tolist(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state().tolist()
     return state

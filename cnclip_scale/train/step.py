@@ -4,6 +4,7 @@ A step makes no host synchronisation of its own (DeepSpeed's optimizer step make
 overflow check): losses, accuracies, the finiteness flag and logit_scale stay on the device, and come to the host
 only when the caller asks (``mean_over_ranks`` on log steps, ``check`` on log and checkpoint steps).
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,13 +26,17 @@ def step_inputs(batch: dict, device, dtype, false_negatives: bool):
     images = normalize_batch(batch["images"].to(device, non_blocking=True), dtype)
     ids = batch["input_ids"].to(device, non_blocking=True)
     mask = batch["attention_mask"].to(device, non_blocking=True)
-    pair_ids = (batch["image_id_hashes"].to(device, non_blocking=True),
-                batch["text_id_hashes"].to(device, non_blocking=True)) if false_negatives else (None, None)
+    pair_ids = (
+        (batch["image_id_hashes"].to(device, non_blocking=True), batch["text_id_hashes"].to(device, non_blocking=True))
+        if false_negatives
+        else (None, None)
+    )
     return images, ids, mask, pair_ids
 
 
-def train_step(engine, images, ids, mask, pair_ids, logit_scale: torch.Tensor, *, watch=None, step: int = 0,
-               check: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def train_step(
+    engine, images, ids, mask, pair_ids, logit_scale: torch.Tensor, *, watch=None, step: int = 0, check: bool = False
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One optimizer step: forward, the local InfoNCE at the fp32 temperature, backward, step, the logit_scale clamp.
 
     ``watch`` (an ``engine.FiniteWatch``, None under fp16 whose loss scaler skips overflowing steps) notes a non-finite

@@ -1,8 +1,9 @@
 """Validation during training: the contrastive loss and accuracies on ``data.valid``, and retrieval recall.
 
-    validator = Validator(cfg, tokenizer=tokenizer, transform=ImageTransform(resolution=224), rank=r, world_size=w)
-    metrics = validator(engine, step)       # every call: one full pass over the split, the same samples each time
+validator = Validator(cfg, tokenizer=tokenizer, transform=ImageTransform(resolution=224), rank=r, world_size=w)
+metrics = validator(engine, step)       # every call: one full pass over the split, the same samples each time
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,14 @@ class Validator:
     """Built once per run (its loader plans the split once); all ranks call it together."""
 
     def __init__(self, cfg: RunConfig, *, tokenizer, transform: ImageTransform, rank: int, world_size: int):
-        self.loader = build_train_loader(cfg.data.reading("valid"), tokenizer=tokenizer, transform=transform,
-                                         rank=rank, world_size=world_size, seed=cfg.train.seed)
+        self.loader = build_train_loader(
+            cfg.data.reading("valid"),
+            tokenizer=tokenizer,
+            transform=transform,
+            rank=rank,
+            world_size=world_size,
+            seed=cfg.train.seed,
+        )
         self.tokenizer = tokenizer
         self.sources, self.batch_size, self.workers = cfg.data.valid, cfg.data.valid_batch_size, cfg.data.workers
         self.false_negatives, self.recall = cfg.train.false_negatives, cfg.train.valid_recall
@@ -56,8 +63,18 @@ class Validator:
         from ..eval import evaluate_retrieval
 
         model = eng.plain_model_copy(engine)
-        result = evaluate_retrieval(model, self.sources, self.tokenizer, device=device, dtype=dtype,
-                                    batch_size=self.batch_size, workers=self.workers)
+        result = evaluate_retrieval(
+            model,
+            self.sources,
+            self.tokenizer,
+            device=device,
+            dtype=dtype,
+            batch_size=self.batch_size,
+            workers=self.workers,
+        )
         del model
-        return {f"{direction}_{key}": result[direction][key] for direction in ("t2i", "i2t")
-                for key in ("r1", "r5", "r10", "mean_recall")}
+        return {
+            f"{direction}_{key}": result[direction][key]
+            for direction in ("t2i", "i2t")
+            for key in ("r1", "r5", "r10", "mean_recall")
+        }

@@ -1,7 +1,7 @@
 import pytest
-from tests.helpers.data_shards import build_shard_set
 
 from cnclip_scale.model.tokenizer import Tokenizer
+from tests.helpers.data_shards import build_shard_set
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,17 @@
 """A broken JPEG and a truncated tar: those samples are skipped, counted and named in warnings; the
 rest is delivered and every rank still yields its planned number of batches."""
+
 import io
 import logging
 import shutil
 import tarfile
 
 import pytest
-from tests.helpers.data_shards import build_shard_set
 
 from cnclip_scale.data.pipeline import Reading, build_eval_loader, build_train_loader
 from cnclip_scale.model.transforms import ImageTransform
 from cnclip_scale.shards.samples import sample_key
+from tests.helpers.data_shards import build_shard_set
 
 
 def _rewrite_member(path, name, data):
@@ -40,17 +41,26 @@ def damaged(tmp_path_factory):
     shard_set = build_shard_set(str(root), 12, samples_per_shard=4)
     assert shard_set.sizes == [4, 4, 4]
     broken_id = "1000001"
-    _rewrite_member(f"{shard_set.url}/train-000000.tar", f"{sample_key(broken_id)}.jpg",
-                    b"\xff\xd8\xff\xe0" + b"\x13" * 300 + b"\xff\xd9")
+    _rewrite_member(
+        f"{shard_set.url}/train-000000.tar",
+        f"{sample_key(broken_id)}.jpg",
+        b"\xff\xd8\xff\xe0" + b"\x13" * 300 + b"\xff\xd9",
+    )
     keys = _truncate_inside(f"{shard_set.url}/train-000001.tar", 2)
-    lost = set(keys[2:])                                     # the cut sample and everything after it
+    lost = set(keys[2:])  # the cut sample and everything after it
     return shard_set, {sample_key(broken_id)}, lost
 
 
 def test_damaged_samples_are_skipped_counted_and_named(damaged, tokenizer, caplog):
     shard_set, broken, lost = damaged
-    loader = build_train_loader(Reading(sources=shard_set.url, batch_size=3, shuffle_buffer=4), tokenizer=tokenizer,
-                                transform=ImageTransform(resolution=32), rank=0, world_size=1, seed=1)
+    loader = build_train_loader(
+        Reading(sources=shard_set.url, batch_size=3, shuffle_buffer=4),
+        tokenizer=tokenizer,
+        transform=ImageTransform(resolution=32),
+        rank=0,
+        world_size=1,
+        seed=1,
+    )
     with caplog.at_level(logging.WARNING, logger="cnclip_scale.data"):
         batches = [b["keys"] for b in loader]
     delivered = [k for b in batches for k in b]
@@ -69,9 +79,14 @@ def test_damage_does_not_unbalance_ranks(damaged, tokenizer):
     shard_set, broken, lost = damaged
     delivered, counts, totals = [], [], {}
     for rank in range(2):
-        loader = build_train_loader(Reading(sources=shard_set.url, batch_size=2, workers=2, shuffle_buffer=4),
-                                    tokenizer=tokenizer, transform=ImageTransform(resolution=32), rank=rank,
-                                    world_size=2, seed=1)
+        loader = build_train_loader(
+            Reading(sources=shard_set.url, batch_size=2, workers=2, shuffle_buffer=4),
+            tokenizer=tokenizer,
+            transform=ImageTransform(resolution=32),
+            rank=rank,
+            world_size=2,
+            seed=1,
+        )
         batches = [b["keys"] for b in loader]
         counts.append(len(batches))
         delivered += [k for b in batches for k in b]
@@ -94,9 +109,14 @@ def test_a_shard_that_vanished_after_start_is_counted_not_fatal(damaged, tokeniz
     shard_set, _, _ = damaged
     copy = tmp_path / "copy"
     shutil.copytree(shard_set.url, copy)
-    loader = build_train_loader(Reading(sources=str(copy), batch_size=4, shard_shuffle=False, shuffle_buffer=0),
-                                tokenizer=tokenizer, transform=ImageTransform(resolution=32), rank=0, world_size=1,
-                                seed=1)
+    loader = build_train_loader(
+        Reading(sources=str(copy), batch_size=4, shard_shuffle=False, shuffle_buffer=0),
+        tokenizer=tokenizer,
+        transform=ImageTransform(resolution=32),
+        rank=0,
+        world_size=1,
+        seed=1,
+    )
     (copy / "train-000002.tar").unlink()
     batches = [b["keys"] for b in loader]
     assert len(batches) == 3 and loader.stats()["missing_samples"] == 2 + 4

@@ -1,5 +1,6 @@
 """The training loader in one process (ranks simulated by the `rank` argument; real multi-process runs
 are in tests/integration): batch format, exact and resampled epochs, caption choice, mixing, resume."""
+
 import io
 import json
 import logging
@@ -17,8 +18,14 @@ from cnclip_scale.model.transforms import ImageTransform
 
 def _loader(shards, tokenizer, rank=0, world=2, workers=2, seed=7, augment=False, **reading):
     reading = Reading(**{"sources": shards, "batch_size": 3, "workers": workers, "shuffle_buffer": 4, **reading})
-    return build_train_loader(reading, tokenizer=tokenizer, transform=ImageTransform(resolution=32, augment=augment),
-                              rank=rank, world_size=world, seed=seed)
+    return build_train_loader(
+        reading,
+        tokenizer=tokenizer,
+        transform=ImageTransform(resolution=32, augment=augment),
+        rank=rank,
+        world_size=world,
+        seed=seed,
+    )
 
 
 def _keys(loader):
@@ -31,14 +38,22 @@ def test_batches_have_the_documented_format(uneven, tokenizer):
     assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (3, 3, 32, 32)
     assert batch["input_ids"].dtype == torch.long and batch["input_ids"].shape == (3, 20)
     assert batch["attention_mask"].dtype == torch.bool and batch["attention_mask"].shape == (3, 20)
-    assert set(batch) == {"images", "input_ids", "attention_mask", "image_ids", "text_ids", "keys", "image_id_hashes",
-                          "text_id_hashes"}
+    assert set(batch) == {
+        "images",
+        "input_ids",
+        "attention_mask",
+        "image_ids",
+        "text_ids",
+        "keys",
+        "image_id_hashes",
+        "text_id_hashes",
+    }
     # the ids hashed in the worker, as the loss compares them (1 and "1" alike: shards store ids as text)
     assert torch.equal(batch["image_id_hashes"], id_hashes(batch["image_ids"]))
     assert torch.equal(batch["text_id_hashes"], id_hashes([str(t) for t in batch["text_ids"]]))
     assert len(set(batch["image_id_hashes"].tolist())) == len(set(batch["image_ids"]))
     for image_id, text_id, ids in zip(batch["image_ids"], batch["text_ids"], batch["input_ids"]):
-        text = dict((str(t), s) for t, s in captions[image_id])[text_id]     # a caption of this very image
+        text = dict((str(t), s) for t, s in captions[image_id])[text_id]  # a caption of this very image
         assert ids.tolist() == tokenizer([text], 20)[0][0].tolist()
 
 
@@ -56,7 +71,7 @@ def test_exact_epochs_cover_every_sample_once_with_equal_batches_per_rank(uneven
         assert counts == [loader.batches_per_epoch] * 2 == [3, 3]
         assert sorted(seen) == sorted(uneven.keys())
         epochs.append(seen)
-    assert epochs[0] != epochs[1]                                  # reshuffled per epoch
+    assert epochs[0] != epochs[1]  # reshuffled per epoch
 
 
 def test_resampled_epochs_are_reproducible_from_the_seed(uneven, tokenizer):
@@ -84,14 +99,22 @@ def test_group_image_picks_one_caption_per_visit_seeded(uneven, tokenizer):
     chosen, captions = picks(3), uneven.truth.captions()
     assert all(t in {str(tid) for tid, _ in captions[i]} for i, t in chosen)
     multi = [i for i, c in captions.items() if len(c) > 1]
-    assert multi and any(len({t for j, t in chosen if j == i}) > 1 for i in multi)   # varies across visits
+    assert multi and any(len({t for j, t in chosen if j == i}) > 1 for i in multi)  # varies across visits
     assert chosen == picks(3)
 
 
 def test_weights_upsample_a_source_in_resampled_mode(uneven, other, tokenizer):
     def share(weights):
-        loader = _loader(f"{uneven.url}::{other.url}", tokenizer, world=1, workers=0, resampled=True,
-                         epoch_samples=240, weights=weights, batch_size=10)
+        loader = _loader(
+            f"{uneven.url}::{other.url}",
+            tokenizer,
+            world=1,
+            workers=0,
+            resampled=True,
+            epoch_samples=240,
+            weights=weights,
+            batch_size=10,
+        )
         ids = [i for b in loader for i in b["image_ids"]]
         assert len(ids) == 240
         return sum(i.startswith("2") for i in ids) / len(ids)
@@ -118,7 +141,7 @@ def test_resume_continues_the_exact_key_sequence(uneven, tokenizer, mode, stop):
                 break
         if len(got) == stop:
             break
-    saved = json.loads(json.dumps(loader.state_dict()))            # JSON round trip, as a checkpoint would
+    saved = json.loads(json.dumps(loader.state_dict()))  # JSON round trip, as a checkpoint would
 
     resumed = _loader(uneven.url, tokenizer, **kw)
     resumed.load_state_dict(saved)
@@ -165,16 +188,16 @@ def test_world_size_change_goes_on_with_the_samples_no_rank_took(uneven, tokeniz
         loader.load_state_dict(state)
         assert loader.epoch == 1
     counts = {loader.batches_per_epoch for loader in new}
-    assert counts == {2}                                # 17 - 6 taken = 11 left: 4, 4, 3 in 2 batches of <= 2
+    assert counts == {2}  # 17 - 6 taken = 11 left: 4, 4, 3 in 2 batches of <= 2
     # One more layout-preserving resume inside the resharded epoch: the chain is kept in the state.
     first = [_take(loader, 1) for loader in new]
     again = [_loader(uneven.url, tokenizer, rank=r, world=3, workers=1, batch_size=2) for r in range(3)]
     for loader, source in zip(again, new):
         loader.load_state_dict(json.loads(json.dumps(source.state_dict())))
     rest = [[k for b in first[r] + _keys(again[r]) for k in b] for r in range(3)]
-    assert sorted(taken + [k for keys in rest for k in keys]) == sorted(uneven.keys())   # none repeated or lost
+    assert sorted(taken + [k for keys in rest for k in keys]) == sorted(uneven.keys())  # none repeated or lost
     for loader in again:
-        loader.set_epoch(2)                                         # the next epoch is whole again
+        loader.set_epoch(2)  # the next epoch is whole again
     assert sorted(k for loader in again for b in _keys(loader) for k in b) == sorted(uneven.keys())
 
 
@@ -187,7 +210,7 @@ def test_other_changes_restart_that_epoch(uneven, tokenizer, caplog):
         other.load_state_dict(loader.state_dict())
     assert "seed 7 -> 99" in caplog.text
     assert other.epoch == 1 and other.state_dict()["batches"] == 0 and other.batches_per_epoch == 3
-    ungathered = _loader(uneven.url, tokenizer, workers=1)          # 2 ranks saved without gather=True
+    ungathered = _loader(uneven.url, tokenizer, workers=1)  # 2 ranks saved without gather=True
     ungathered.load_state_dict(loader.state_dict())
     assert ungathered.state_dict()["batches"] == 0 and ungathered.view.level == 0
 
@@ -201,8 +224,8 @@ def test_draft_decode_reduces_large_jpegs_but_never_below_the_target():
     big = io.BytesIO()
     Image.new("RGB", (800, 640), (200, 30, 30)).save(big, "JPEG")
     image = decode_image(big.getvalue(), 224)
-    assert image.mode == "RGB" and image.size == (400, 320)          # 1/2 scale: both sides stay >= 224
-    assert decode_image(big.getvalue(), 700).size == (800, 640)      # no reduction that would go below
+    assert image.mode == "RGB" and image.size == (400, 320)  # 1/2 scale: both sides stay >= 224
+    assert decode_image(big.getvalue(), 700).size == (800, 640)  # no reduction that would go below
     small = io.BytesIO()
     Image.new("L", (100, 80)).save(small, "PNG")
     assert decode_image(small.getvalue(), 224).mode == "RGB"
@@ -217,7 +240,7 @@ def test_augmentation_replays_and_leaves_the_callers_rng_alone(uneven, tokenizer
     expected_next = torch.rand(3)
     torch.manual_seed(123)
     first = images(1)
-    assert torch.equal(torch.rand(3), expected_next)               # workers=0 ran in this process
+    assert torch.equal(torch.rand(3), expected_next)  # workers=0 ran in this process
     assert torch.equal(first, images(1)) and not torch.equal(first, images(1, augment=False))
 
 

@@ -2,16 +2,17 @@
 of attempts with one DataError line naming the sources and what was wrong — in resampled epochs (which
 used to draw shards forever) and exact ones (which used to end in a RuntimeError traceback), in the main
 process and through DataLoader workers alike."""
+
 import os
 
 import pytest
-from tests.helpers.data_shards import build_shard_set
 
 from cnclip_scale.data.pipeline import DataError, Reading, build_train_loader
 from cnclip_scale.errors import UserError
 from cnclip_scale.model.transforms import ImageTransform
 from cnclip_scale.shards.convert import Options, convert_split
 from cnclip_scale.shards.writer import Destination
+from tests.helpers.data_shards import build_shard_set
 from tests.helpers.seed_data import write_seed_split
 
 
@@ -39,11 +40,12 @@ def captionless(tmp_path_factory):
 def _drain(url, tokenizer, **kw):
     reading = Reading(**{"sources": url, "batch_size": 2, "shuffle_buffer": 4, **kw})
     with pytest.raises(DataError) as caught:
-        for _ in build_train_loader(reading, tokenizer=tokenizer, transform=ImageTransform(resolution=32), rank=0,
-                                    world_size=1, seed=3):
+        for _ in build_train_loader(
+            reading, tokenizer=tokenizer, transform=ImageTransform(resolution=32), rank=0, world_size=1, seed=3
+        ):
             pass
     message = str(caught.value)
-    assert isinstance(caught.value, UserError)        # what the commands print as one line, exit code 2
+    assert isinstance(caught.value, UserError)  # what the commands print as one line, exit code 2
     assert "\n" not in message and "Traceback" not in message, message
     return message
 
@@ -54,8 +56,8 @@ def _drain(url, tokenizer, **kw):
 def test_unreadable_shards_stop_with_one_line(unreadable, tokenizer, resampled, workers):
     message = _drain(unreadable, tokenizer, resampled=resampled, workers=workers)
     assert message.startswith("no usable sample in ")
-    assert unreadable in message                    # the source, as the user gave it
-    assert "unreadable" in message                  # what was wrong with it
+    assert unreadable in message  # the source, as the user gave it
+    assert "unreadable" in message  # what was wrong with it
 
 
 @pytest.mark.timeout(60)
@@ -74,10 +76,21 @@ def test_mixed_sources_name_every_source(unreadable, captionless, tokenizer):
 @pytest.mark.timeout(120)
 def test_a_mostly_broken_source_still_trains(unreadable, uneven, tokenizer):
     """The bound counts failures in a row: one good source among bad ones keeps the epoch going."""
-    loader = build_train_loader(Reading(sources=f"{unreadable}::{uneven.url}", batch_size=2, shuffle_buffer=4,
-                                        resampled=True, weights="20::1", epoch_samples=40),
-                                tokenizer=tokenizer, transform=ImageTransform(resolution=32), rank=0, world_size=1,
-                                seed=3)
+    loader = build_train_loader(
+        Reading(
+            sources=f"{unreadable}::{uneven.url}",
+            batch_size=2,
+            shuffle_buffer=4,
+            resampled=True,
+            weights="20::1",
+            epoch_samples=40,
+        ),
+        tokenizer=tokenizer,
+        transform=ImageTransform(resolution=32),
+        rank=0,
+        world_size=1,
+        seed=3,
+    )
     batches = [b["keys"] for b in loader]
     assert len(batches) == loader.batches_per_epoch == 20
     assert {k for b in batches for k in b} <= uneven.keys()

@@ -1,4 +1,5 @@
 """The epoch plan and the shuffle order: pure functions every rank must agree on."""
+
 import itertools
 
 import pytest
@@ -10,18 +11,27 @@ def _layout(world, workers, batch, mode="exact", drop_last=False, seed=0):
     return st.Layout(world, workers, batch, mode, drop_last, seed, samples=0)
 
 
-@pytest.mark.parametrize("total,world,workers,batch", [
-    (17, 2, 2, 3), (17, 2, 2, 4), (3, 2, 2, 2), (100, 4, 3, 7), (9, 3, 1, 3), (10, 2, 0, 4), (25, 2, 4, 2),
-])
+@pytest.mark.parametrize(
+    "total,world,workers,batch",
+    [
+        (17, 2, 2, 3),
+        (17, 2, 2, 4),
+        (3, 2, 2, 2),
+        (100, 4, 3, 7),
+        (9, 3, 1, 3),
+        (10, 2, 0, 4),
+        (25, 2, 4, 2),
+    ],
+)
 def test_exact_plan_covers_every_sample_once_with_equal_batches(total, world, workers, batch):
     layout = _layout(world, workers, batch)
     nb = st.batches_per_rank(total, layout)
     covered = []
     for rank in range(world):
         plans = st.plan_rank(total, layout, rank)
-        assert sum(len(p.batch_sizes) for p in plans) == nb          # same batch count on every rank
+        assert sum(len(p.batch_sizes) for p in plans) == nb  # same batch count on every rank
         for p in plans:
-            assert all(1 <= b <= batch for b in p.batch_sizes)        # never an empty or oversized batch
+            assert all(1 <= b <= batch for b in p.batch_sizes)  # never an empty or oversized batch
             assert p.stop - p.start == sum(p.batch_sizes)
             covered += range(p.start, p.stop)
     assert sorted(covered) == list(range(total))
@@ -45,9 +55,9 @@ def test_resampled_plan_fills_full_batches_from_epoch_samples():
 
 
 def test_impossible_exact_plans_fail_at_plan_time():
-    assert st.batches_per_rank(1, _layout(2, 1, 4)) == 0          # fewer samples than ranks: nothing to plan
+    assert st.batches_per_rank(1, _layout(2, 1, 4)) == 0  # fewer samples than ranks: nothing to plan
     with pytest.raises(ValueError, match="non-empty batches"):
-        st.plan_rank(3, _layout(2, 1, 1), 0)     # batch 1: rank 1 has 1 sample but 2 batches
+        st.plan_rank(3, _layout(2, 1, 1), 0)  # batch 1: rank 1 has 1 sample but 2 batches
 
 
 def test_rank_batch_sizes_fill_first_then_shrink_the_end():
@@ -64,7 +74,7 @@ def test_buffered_order_is_a_seeded_permutation_with_bounded_lookahead(bufsize):
     if bufsize > 1:
         assert order != list(range(40)) and order != list(st.buffered_order(range(40), bufsize, ("s", 2)))
     for position, index in enumerate(order[: 40 - bufsize]):
-        assert index <= position + max(bufsize, 1)                   # streams: never reads far ahead
+        assert index <= position + max(bufsize, 1)  # streams: never reads far ahead
 
 
 def test_buffered_order_streams_an_infinite_input():
@@ -93,8 +103,11 @@ def _consume(layout, epoch, positions_by_rank, view_before=None):
         plans = st.plan_rank(view.total, layout, rank)
         for slot, position in positions.items():
             plan = plans[slot]
-            order = st.buffered_order(range(plan.stop - plan.start), layout.shuffle_buffer,
-                                      st.slot_seed(layout, epoch, rank, slot, view.level))
+            order = st.buffered_order(
+                range(plan.stop - plan.start),
+                layout.shuffle_buffer,
+                st.slot_seed(layout, epoch, rank, slot, view.level),
+            )
             base = view.remaining if view.remaining is not None else range(view.total)
             taken += [base[plan.start + i] for i in itertools.islice(order, position)]
     return taken
@@ -103,15 +116,28 @@ def _consume(layout, epoch, positions_by_rank, view_before=None):
 def test_epoch_view_after_layout_changes_holds_exactly_what_no_rank_took():
     old = st.Layout(2, 2, 3, "exact", False, 5, shuffle_buffer=4, samples=40)
     ranks = {0: {0: 5, 1: 3}, 1: {0: 6}}
-    first = st.epoch_view(old, 2, {"layout": old.__dict__, "ranks": {str(r): {str(s): p for s, p in v.items()}
-                                                                   for r, v in ranks.items()}, "from": None})
+    first = st.epoch_view(
+        old,
+        2,
+        {
+            "layout": old.__dict__,
+            "ranks": {str(r): {str(s): p for s, p in v.items()} for r, v in ranks.items()},
+            "from": None,
+        },
+    )
     taken = _consume(old, 2, ranks)
     assert len(set(taken)) == 14 and sorted(taken + first.remaining) == list(range(40)) and first.level == 1
     new = st.Layout(3, 1, 2, "exact", False, 5, shuffle_buffer=4, samples=40)
     again = {0: {0: 2}, 2: {0: 3}}
-    chained = {"layout": new.__dict__, "ranks": {str(r): {str(s): p for s, p in v.items()} for r, v in again.items()},
-               "from": {"layout": old.__dict__, "ranks": {str(r): {str(s): p for s, p in v.items()}
-                                                          for r, v in ranks.items()}, "from": None}}
+    chained = {
+        "layout": new.__dict__,
+        "ranks": {str(r): {str(s): p for s, p in v.items()} for r, v in again.items()},
+        "from": {
+            "layout": old.__dict__,
+            "ranks": {str(r): {str(s): p for s, p in v.items()} for r, v in ranks.items()},
+            "from": None,
+        },
+    }
     second = st.epoch_view(new, 2, chained)
     taken_again = _consume(new, 2, again, first)
     assert sorted(taken + taken_again + second.remaining) == list(range(40)) and second.level == 2

@@ -1,4 +1,5 @@
 """Source strings -> shard URLs with counts; missing shards fail at start."""
+
 import json
 import os
 import shutil
@@ -69,15 +70,18 @@ def _copy_with_manifest(uneven, tmp_path, edit):
     return copy
 
 
-@pytest.mark.parametrize("edit, field", [
-    (lambda m: m["shards"][1].update(samples=-7), r"shards\[1\]\.samples must be a non-negative integer, got -7"),
-    (lambda m: m["shards"][0].update(samples="7"), r"shards\[0\]\.samples must be a non-negative integer"),
-    (lambda m: m["shards"][2].update(samples=2.5), r"shards\[2\]\.samples must be a non-negative integer"),
-    (lambda m: m["shards"][0].pop("shard"), r"field shards\[0\]\.shard is missing"),
-    (lambda m: m.pop("shards"), r"field shards is missing"),
-    (lambda m: m.update(shards={"a": 1}), r"field shards must be a list"),
-    (lambda m: m.update(group="caption"), r"field group must be"),
-])
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (lambda m: m["shards"][1].update(samples=-7), r"shards\[1\]\.samples must be a non-negative integer, got -7"),
+        (lambda m: m["shards"][0].update(samples="7"), r"shards\[0\]\.samples must be a non-negative integer"),
+        (lambda m: m["shards"][2].update(samples=2.5), r"shards\[2\]\.samples must be a non-negative integer"),
+        (lambda m: m["shards"][0].pop("shard"), r"field shards\[0\]\.shard is missing"),
+        (lambda m: m.pop("shards"), r"field shards is missing"),
+        (lambda m: m.update(shards={"a": 1}), r"field shards must be a list"),
+        (lambda m: m.update(group="caption"), r"field group must be"),
+    ],
+)
 def test_an_impossible_manifest_is_one_line_naming_file_and_field(uneven, tokenizer, tmp_path, edit, field):
     """Issue 13 item 5: a negative count used to hang the trainer; a missing key was a KeyError traceback."""
     from cnclip_scale.data.pipeline import Reading, build_train_loader
@@ -85,11 +89,17 @@ def test_an_impossible_manifest_is_one_line_naming_file_and_field(uneven, tokeni
 
     copy = _copy_with_manifest(uneven, tmp_path, edit)
     for spec in (str(copy), str(copy / "manifest.json"), f"{copy}/train-{{000000..000002}}.tar"):
-        if "{" in spec and "shards" not in field:     # a pattern reads the manifest's entries too
+        if "{" in spec and "shards" not in field:  # a pattern reads the manifest's entries too
             continue
         with pytest.raises(SourceError, match=rf"^{copy}/manifest\.json: .*{field}") as caught:
-            build_train_loader(Reading(sources=spec, batch_size=2), tokenizer=tokenizer,
-                               transform=ImageTransform(resolution=32), rank=0, world_size=1, seed=0)
+            build_train_loader(
+                Reading(sources=spec, batch_size=2),
+                tokenizer=tokenizer,
+                transform=ImageTransform(resolution=32),
+                rank=0,
+                world_size=1,
+                seed=0,
+            )
         assert "\n" not in str(caught.value)
 
 
@@ -111,8 +121,11 @@ def test_a_bad_stats_count_is_one_line_naming_file_and_field(uneven, tmp_path, s
     stats = json.loads((copy / "train-000001.stats.json").read_text())
     stats["samples"] = samples
     (copy / "train-000001.stats.json").write_text(json.dumps(stats))
-    with pytest.raises(SourceError, match=rf"train-000001\.stats\.json: field samples must be a non-negative "
-                                          rf"integer, got {shown}"):
+    with pytest.raises(
+        SourceError,
+        match=rf"train-000001\.stats\.json: field samples must be a non-negative "
+        rf"integer, got {shown}",
+    ):
         resolve_sources(str(copy))
     stats.pop("samples")
     (copy / "train-000001.stats.json").write_text(json.dumps(stats))

@@ -1,4 +1,5 @@
 """Fixtures for the evaluator tests: a tiny random-init checkpoint and a seed-layout split of real photos."""
+
 import pytest
 import torch
 

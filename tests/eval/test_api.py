@@ -1,4 +1,5 @@
 """evaluate_retrieval, the trainer's entry point, in one process without a process group."""
+
 import torch
 
 from cnclip_scale.eval import evaluate_retrieval
@@ -21,8 +22,11 @@ class Batches:
 
     def __iter__(self):
         for lo, hi in [(0, 4), (4, 6)]:
-            yield {"images": self.images[lo:hi], "image_ids": [str(100 + k) for k in range(lo, hi)],
-                   "texts": [self.captions[k] for k in range(lo, hi)]}
+            yield {
+                "images": self.images[lo:hi],
+                "image_ids": [str(100 + k) for k in range(lo, hi)],
+                "texts": [self.captions[k] for k in range(lo, hi)],
+            }
 
 
 def test_evaluate_retrieval_matches_a_direct_computation():
@@ -30,7 +34,7 @@ def test_evaluate_retrieval_matches_a_direct_computation():
     model = build_model(model_config(TINY)).train()
     tok = Tokenizer(context_length=24)
     got = evaluate_retrieval(model, Batches(), tok, device="cpu", top_k=10)
-    assert model.training                                            # the trainer's mode is restored
+    assert model.training  # the trainer's mode is restored
     assert (got["images"], got["texts"], got["pairs"]) == (6, 6, 7)
     with torch.no_grad():
         model.eval()

@@ -1,5 +1,6 @@
 """launch/evaluate.py's answer to bad arguments and empty inputs: one line on stderr, exit code 2, no traceback, and
 no "success" where nothing was scored. Run in this process (one rank; the 2-rank form is in tests/integration)."""
+
 import importlib.util
 import json
 import re
@@ -26,22 +27,33 @@ def evaluate(capsys, *args) -> tuple[int, str]:
 def assert_one_line(rc: int, output: str, expected: str) -> None:
     assert rc == 2, output
     # log records of a run that got going (INFO lines) and DeepSpeed's import notice are not error lines
-    lines = [line for line in output.splitlines()
-             if line.strip() and " | INFO | " not in line and not re.match(r"\[[\d-]+ [\d:,]+\] \[", line)]
+    lines = [
+        line
+        for line in output.splitlines()
+        if line.strip() and " | INFO | " not in line and not re.match(r"\[[\d-]+ [\d:,]+\] \[", line)
+    ]
     assert len(lines) == 1 and "Traceback" not in output, output
     assert lines[0].startswith(expected), lines[0]
 
 
 def test_missing_checkpoint_is_one_line(capsys, seed_split, tmp_path):
-    rc, output = evaluate(capsys, "--checkpoint", str(tmp_path / "nope.safetensors"), "--data", seed_split[0],
-                          "--output", str(tmp_path / "out"))
+    rc, output = evaluate(
+        capsys,
+        "--checkpoint",
+        str(tmp_path / "nope.safetensors"),
+        "--data",
+        seed_split[0],
+        "--output",
+        str(tmp_path / "out"),
+    )
     assert_one_line(rc, output, f"evaluate: --checkpoint: {tmp_path / 'nope.safetensors'}: no such file or directory")
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_data_is_one_line(capsys, tiny_checkpoint, tmp_path):
-    rc, output = evaluate(capsys, "--checkpoint", tiny_checkpoint, "--data", str(tmp_path / "nope"),
-                          "--output", str(tmp_path / "out"))
+    rc, output = evaluate(
+        capsys, "--checkpoint", tiny_checkpoint, "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "out")
+    )
     assert_one_line(rc, output, f"evaluate: --data: {tmp_path / 'nope'}: no such file or directory")
 
 
@@ -56,16 +68,34 @@ def test_damaged_checkpoint_is_one_line(capsys, seed_split, tmp_path):
 def test_empty_zeroshot_classes_is_one_line(capsys, tiny_checkpoint, seed_split, tmp_path, content):
     classes = tmp_path / "classes.txt"
     classes.write_text(content)
-    rc, output = evaluate(capsys, "--checkpoint", tiny_checkpoint, "--data", seed_split[0], "--output",
-                          str(tmp_path / "out"), "--zeroshot-classes", str(classes))
+    rc, output = evaluate(
+        capsys,
+        "--checkpoint",
+        tiny_checkpoint,
+        "--data",
+        seed_split[0],
+        "--output",
+        str(tmp_path / "out"),
+        "--zeroshot-classes",
+        str(classes),
+    )
     assert_one_line(rc, output, f"evaluate: --zeroshot-classes: {classes}: no class names")
 
 
 @pytest.mark.parametrize("option", ["--top-k", "--batch-size"])
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_counts_below_one_are_refused(capsys, tiny_checkpoint, seed_split, tmp_path, option, value):
-    rc, output = evaluate(capsys, "--checkpoint", tiny_checkpoint, "--data", seed_split[0], "--output",
-                          str(tmp_path / "out"), option, value)
+    rc, output = evaluate(
+        capsys,
+        "--checkpoint",
+        tiny_checkpoint,
+        "--data",
+        seed_split[0],
+        "--output",
+        str(tmp_path / "out"),
+        option,
+        value,
+    )
     assert_one_line(rc, output, f"evaluate: {option}: must be at least 1, got {value}")
 
 
@@ -76,8 +106,9 @@ def test_a_split_without_texts_is_not_a_success(capsys, tiny_checkpoint, seed_sp
     src = Path(seed_split[0])
     (folder / "test_imgs.tsv").write_bytes((src / "test_imgs.tsv").read_bytes())
     (folder / "test_texts.jsonl").write_text("")
-    rc, output = evaluate(capsys, "--checkpoint", tiny_checkpoint, "--data", str(folder), "--output",
-                          str(tmp_path / "out"))
+    rc, output = evaluate(
+        capsys, "--checkpoint", tiny_checkpoint, "--data", str(folder), "--output", str(tmp_path / "out")
+    )
     assert_one_line(rc, output, "evaluate: split 'test' has no texts: nothing to score")
     for name in ("output.json", "output_tr.json"):
         result = json.loads((tmp_path / "out" / name).read_text())
@@ -86,6 +117,7 @@ def test_a_split_without_texts_is_not_a_success(capsys, tiny_checkpoint, seed_sp
 
 def test_a_folder_without_the_split_is_one_line(capsys, tiny_checkpoint, tmp_path):
     (tmp_path / "empty").mkdir()
-    rc, output = evaluate(capsys, "--checkpoint", tiny_checkpoint, "--data", str(tmp_path / "empty"), "--output",
-                          str(tmp_path / "out"))
+    rc, output = evaluate(
+        capsys, "--checkpoint", tiny_checkpoint, "--data", str(tmp_path / "empty"), "--output", str(tmp_path / "out")
+    )
     assert_one_line(rc, output, "evaluate: --data: ")

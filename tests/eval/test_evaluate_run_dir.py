@@ -1,5 +1,6 @@
 """`launch/evaluate.py --checkpoint RUN_DIR`: the trainer's train.output_dir is a checkpoint. Its model.safetensors
 is read, else its latest DeepSpeed checkpoint; a folder that is neither is one line before any process group."""
+
 import json
 import shutil
 import subprocess
@@ -17,18 +18,47 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     shards = make_tiny_shards(root, {"train": 16})
     out = root / "run"
-    subprocess.run([sys.executable, str(REPO / "launch/pretrain.py"), "--config", str(REPO / "configs/tiny-cpu.yaml"),
-                    f"data.train=[{shards}/train]", f"train.output_dir={out}", "data.batch_size=8",
-                    "optim.max_steps=2", "train.save_every=2"],
-                   env=train_env(), check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "launch/pretrain.py"),
+            "--config",
+            str(REPO / "configs/tiny-cpu.yaml"),
+            f"data.train=[{shards}/train]",
+            f"train.output_dir={out}",
+            "data.batch_size=8",
+            "optim.max_steps=2",
+            "train.save_every=2",
+        ],
+        env=train_env(),
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     assert (out / "model.safetensors").is_file() and (out / "checkpoints" / "latest").is_file()
     return out
 
 
 def evaluate_subprocess(checkpoint, data, output) -> dict:
-    result = subprocess.run([sys.executable, str(REPO / "launch/evaluate.py"), "--checkpoint", str(checkpoint),
-                             "--data", str(data), "--output", str(output), "--workers", "0", "--no-report"],
-                            env=train_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "launch/evaluate.py"),
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            str(data),
+            "--output",
+            str(output),
+            "--workers",
+            "0",
+            "--no-report",
+        ],
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((output / "summary.json").read_text())
 
@@ -49,10 +79,23 @@ def test_a_run_dir_is_evaluated_from_its_export_or_its_latest_checkpoint(run_dir
 
 def test_a_folder_that_is_no_checkpoint_is_one_line_before_anything_starts(capsys, seed_split, tmp_path):
     (tmp_path / "notes").mkdir()
-    rc = evaluate(["--checkpoint", str(tmp_path / "notes"), "--data", seed_split[0], "--output",
-                   str(tmp_path / "out"), "--workers", "0"])
+    rc = evaluate(
+        [
+            "--checkpoint",
+            str(tmp_path / "notes"),
+            "--data",
+            seed_split[0],
+            "--output",
+            str(tmp_path / "out"),
+            "--workers",
+            "0",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
-    assert err.startswith(f"evaluate: --checkpoint: {tmp_path / 'notes'}: neither a Hugging Face") and \
-        "nor a training run dir" in err and err.count("\n") == 1, err
+    assert (
+        err.startswith(f"evaluate: --checkpoint: {tmp_path / 'notes'}: neither a Hugging Face")
+        and "nor a training run dir" in err
+        and err.count("\n") == 1
+    ), err
     assert not (tmp_path / "out").exists()

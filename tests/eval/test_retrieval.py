@@ -1,4 +1,5 @@
 """Top-k, its sharded merge and recall, checked against plain reference computations."""
+
 import json
 import random
 
@@ -35,8 +36,9 @@ def test_ties_broken_by_lowest_gallery_index():
     for chunk in (16384, 4, 2, 1):
         v, idx = R.topk(q, g, 3, gallery_chunk=chunk)
         assert idx[0].tolist() == [3, 5, 8]
-        assert idx.tolist() == [[i for i, _ in sorted(enumerate(r), key=lambda x: -x[1])[:3]]
-                                for r in (q @ g.T).tolist()]
+        assert idx.tolist() == [
+            [i for i, _ in sorted(enumerate(r), key=lambda x: -x[1])[:3]] for r in (q @ g.T).tolist()
+        ]
     # All-equal scores (e.g. a degenerate model): plain index order.
     assert R.topk(torch.ones(2, 4), torch.ones(9, 4), 5, gallery_chunk=4)[1].tolist() == [[0, 1, 2, 3, 4]] * 2
 
@@ -48,15 +50,15 @@ def test_scores_do_not_depend_on_operand_shapes():
     for _ in range(50):
         a = rng.randrange(300)
         b = rng.randrange(3000)
-        qa, gb = q[a: a + rng.choice([1, 2, 5, 40])], g[b: b + rng.choice([1, 3, 17, 900])]
-        assert torch.equal(R.scores(qa, gb), full[a: a + qa.shape[0], b: b + gb.shape[0]])
+        qa, gb = q[a : a + rng.choice([1, 2, 5, 40])], g[b : b + rng.choice([1, 3, 17, 900])]
+        assert torch.equal(R.scores(qa, gb), full[a : a + qa.shape[0], b : b + gb.shape[0]])
 
 
 @pytest.mark.parametrize("cuts", [[0, 250, 500], [0, 1, 2, 499, 500], [0, 0, 500], [0, 137, 311, 312, 500]])
 def test_sharded_merge_equals_full_topk(cuts):
     """Each shard ranked locally (with its global index), candidates merged: exactly the full top-k."""
     q, g = unit(40, seed=7), unit(500, seed=8)
-    g[[10, 260, 400]] = g[77].clone()                   # ties across shard boundaries
+    g[[10, 260, 400]] = g[77].clone()  # ties across shard boundaries
     q[0] = g[77]
     full_v, full_i = R.topk(q, g, 10)
     parts = [R.topk(q, g[a:b], 10, gallery_index=torch.arange(a, b)) for a, b in zip(cuts, cuts[1:])]

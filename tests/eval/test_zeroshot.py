@@ -1,4 +1,5 @@
 """Zero-shot: class embeddings from templates, labels from captions, top-1/top-5 accuracy."""
+
 import pytest
 import torch
 
@@ -29,11 +30,12 @@ def test_class_embedding_is_renormalised_mean_of_normalised_templates():
     templates, classes = ["一张{}的照片。", "{}"], ["猫", "狗"]
     prompts = [t.replace("{}", c) for c in classes for t in templates]
     table = [torch.tensor([3.0, 0, 0]), torch.tensor([0, 1.0, 0]), torch.tensor([0, 0, 2.0]), torch.tensor([0, 4.0, 0])]
-    got = Z.class_embeddings(TableModel(table), IndexTokenizer(prompts), classes, templates, device="cpu",
-                             dtype=torch.float32)
-    s = 2 ** -0.5
+    got = Z.class_embeddings(
+        TableModel(table), IndexTokenizer(prompts), classes, templates, device="cpu", dtype=torch.float32
+    )
+    s = 2**-0.5
     assert torch.allclose(got[0], torch.tensor([s, s, 0]))
-    assert torch.allclose(got[1], torch.tensor([0, s, s]))         # not (0, 4, 2)/|.|: each template normalised first
+    assert torch.allclose(got[1], torch.tensor([0, s, s]))  # not (0, 4, 2)/|.|: each template normalised first
 
 
 def test_class_embeddings_are_deterministic_for_a_model_in_training_mode():
@@ -48,8 +50,9 @@ def test_class_embeddings_are_deterministic_for_a_model_in_training_mode():
     model.train()
     tokenizer = Tokenizer(context_length=32)
     classes = ["红色的数字三", "蓝色的数字七"]
-    runs = [Z.class_embeddings(model, tokenizer, classes, Z.TEMPLATES, device="cpu", dtype=torch.float32)
-            for _ in range(2)]
+    runs = [
+        Z.class_embeddings(model, tokenizer, classes, Z.TEMPLATES, device="cpu", dtype=torch.float32) for _ in range(2)
+    ]
     assert model.training  # the caller's mode comes back
     model.eval()
     reference = Z.class_embeddings(model, tokenizer, classes, Z.TEMPLATES, device="cpu", dtype=torch.float32)
@@ -60,7 +63,7 @@ def test_labels_from_captions():
     classes = ["猫", "橘猫", "狗"]
     index = {c: k for k, c in enumerate(classes)}
     assert Z.label_of(["狗"], classes, index) == 2
-    assert Z.label_of(["一只橘猫在睡觉"], classes, index) == 1        # longest contained name
+    assert Z.label_of(["一只橘猫在睡觉"], classes, index) == 1  # longest contained name
     assert Z.label_of(["汽车"], classes, index) is None
 
 

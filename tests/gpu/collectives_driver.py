@@ -17,6 +17,7 @@ that looks them up there is seen: our trainer and evaluator, ``torch.distributed
 and DeepSpeed's comm backend (which keeps references to all_gather_into_tensor / reduce_scatter_tensor taken when its
 backend is created — inside ``loop.train``, after the wrapping).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,12 +32,29 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-import torch
-import torch.distributed as dist
+import torch  # noqa: E402 - after the sys.path line
+import torch.distributed as dist  # noqa: E402
 
-COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "reduce_scatter",
-               "reduce", "broadcast", "gather", "scatter", "all_to_all", "all_to_all_single", "all_reduce_coalesced",
-               "send", "recv", "isend", "irecv", "_all_gather_base", "_reduce_scatter_base")
+COLLECTIVES = (
+    "all_reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "reduce_scatter_tensor",
+    "reduce_scatter",
+    "reduce",
+    "broadcast",
+    "gather",
+    "scatter",
+    "all_to_all",
+    "all_to_all_single",
+    "all_reduce_coalesced",
+    "send",
+    "recv",
+    "isend",
+    "irecv",
+    "_all_gather_base",
+    "_reduce_scatter_base",
+)
 COUNTS: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
 CPU_STACKS: list[str] = []
 
@@ -58,6 +76,7 @@ def _counted(name: str, fn):
             if tensor.device.type == "cpu" and len(CPU_STACKS) < 10:  # where, for the failure message
                 CPU_STACKS.append(f"{name}:\n" + "".join(traceback.format_stack(limit=12)[:-1]))
         return fn(*args, **kwargs)
+
     return wrapper
 
 
@@ -79,8 +98,11 @@ _OURS = ("cnclip_scale", "deepspeed", "transformers", "timm", "torch")
 def _stack_key() -> str:
     """The innermost Python frames of the library code that made the synchronising call (this driver, the
     warnings machinery and the test harness dropped)."""
-    frames = [f for f in traceback.extract_stack()[:-2]
-              if any(f"/{part}/" in f.filename for part in _OURS) and "/warnings.py" not in f.filename]
+    frames = [
+        f
+        for f in traceback.extract_stack()[:-2]
+        if any(f"/{part}/" in f.filename for part in _OURS) and "/warnings.py" not in f.filename
+    ]
     shown = frames[-5:]
     return " <- ".join(f"{_short(f.filename)}:{f.lineno} {f.name}" for f in reversed(shown)) or "(no library frame)"
 
@@ -112,6 +134,7 @@ class SyncListing:
                 self.counts[_stack_key()] += 1
             else:
                 self._show(message, category, filename, lineno, file, line)
+
         warnings.showwarning = show
         torch.cuda.set_sync_debug_mode("warn")
         return self
@@ -151,8 +174,13 @@ def main() -> None:
             result = {"ok": True, "summary": summary}
         except Exception as e:  # noqa: BLE001 - reported to the test, which shows it
             result = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-        result.update(name=scenario["name"], wrapped=wrapped, collectives={k: dict(v) for k, v in COUNTS.items()},
-                      cpu_stacks=list(CPU_STACKS), syncs=listing.listing() if listing is not None else None)
+        result.update(
+            name=scenario["name"],
+            wrapped=wrapped,
+            collectives={k: dict(v) for k, v in COUNTS.items()},
+            cpu_stacks=list(CPU_STACKS),
+            syncs=listing.listing() if listing is not None else None,
+        )
         rank = dist.get_rank() if dist.is_initialized() else 0
         out = Path(cfg.train.output_dir)
         out.mkdir(parents=True, exist_ok=True)

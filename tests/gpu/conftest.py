@@ -1,5 +1,6 @@
 """Fixtures for the GPU checks (``make gpu-check``), shared between tests because each launch costs 20-40 s of
 start-up; the helpers they use are in tests/helpers/gpu_runs.py."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -8,6 +8,7 @@ own matmul + softmax (timm does when its ``fused_attn`` flag is off, e.g. under 
 reaching the dispatcher are recorded and the fused attention ops counted by sequence length (197 image tokens, 52 text
 tokens).
 """
+
 from __future__ import annotations
 
 import collections
@@ -21,14 +22,28 @@ from cnclip_scale.model import Tokenizer, build_model, model_config
 from cnclip_scale.train.loss import clip_loss
 from tests.helpers.gpu_runs import BASE
 
-pytestmark = [pytest.mark.gpu, pytest.mark.integration,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make gpu-check)")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.integration,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make gpu-check)"),
+]
 
-FUSED_FORWARD = {"_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-                 "_scaled_dot_product_cudnn_attention"}
+FUSED_FORWARD = {
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+}
 FUSED_BACKWARD = {f"{name}_backward" for name in FUSED_FORWARD}
-CAPTIONS = ["一只橘猫趴在窗台上晒太阳", "红色的苹果", "宇航员在太空中漂浮", "北京故宫，雪后初晴。",
-            "2022新款 women's 夏季连衣裙 L码！", "高级感托特包斜挎", "一杯咖啡", "火箭发射"]
+CAPTIONS = [
+    "一只橘猫趴在窗台上晒太阳",
+    "红色的苹果",
+    "宇航员在太空中漂浮",
+    "北京故宫，雪后初晴。",
+    "2022新款 women's 夏季连衣裙 L码！",
+    "高级感托特包斜挎",
+    "一杯咖啡",
+    "火箭发射",
+]
 
 
 class AttentionOps(TorchDispatchMode):

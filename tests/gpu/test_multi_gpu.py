@@ -4,6 +4,7 @@ recall across ranks, and a listing of the CUDA synchronisations that remain in a
 Launches: a 2-rank ZeRO-3 run (validation with recall mid-run and at the end, checkpoints), a 1-rank resume of its
 first checkpoint (a universal checkpoint), and a 2-rank driver run under ``torch.cuda.set_sync_debug_mode("warn")``.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,16 +17,27 @@ import torch
 
 from tests.helpers.gpu_runs import PRETRAIN, deepspeed_cmd, read_jsonl, run, train_args
 
-pytestmark = [pytest.mark.gpu, pytest.mark.integration,
-              pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 or more CUDA GPUs")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.integration,
+    pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 or more CUDA GPUs"),
+]
 
 DRIVER = str(Path(__file__).with_name("collectives_driver.py"))
 
 
 def test_zero3_two_ranks_validate_then_one_rank_resumes(shards, tmp_path):
     out = tmp_path / "out"
-    args = train_args(shards, out, "deepspeed.zero_stage=3", "model.grad_checkpointing=true", "optim.max_steps=20",
-                      f"data.valid=[{shards}/valid]", "train.valid_recall=true", "train.valid_every=10")
+    args = train_args(
+        shards,
+        out,
+        "deepspeed.zero_stage=3",
+        "model.grad_checkpointing=true",
+        "optim.max_steps=20",
+        f"data.valid=[{shards}/valid]",
+        "train.valid_recall=true",
+        "train.valid_every=10",
+    )
     log = run(deepspeed_cmd(PRETRAIN, args, num_gpus=2), log=tmp_path / "two_ranks.log")
     assert "world_size=2" in log and "zero_stage=3" in log
     valid = read_jsonl(out / "metrics.jsonl", "valid")
@@ -57,9 +69,20 @@ def test_list_the_synchronisations_left_in_a_step(shards, tmp_path, capsys):
     Stacks seen on every step (count >= steps) are the per-step ones; the rest are start-up, validation, saving."""
     steps = 10
     out = tmp_path / "sync"
-    plan = [{"name": "sync_debug", "sync_debug": True, "overrides": train_args(
-        shards, out, "model.grad_checkpointing=true", f"optim.max_steps={steps}", "train.save_every=0",
-        "train.log_every=1")}]
+    plan = [
+        {
+            "name": "sync_debug",
+            "sync_debug": True,
+            "overrides": train_args(
+                shards,
+                out,
+                "model.grad_checkpointing=true",
+                f"optim.max_steps={steps}",
+                "train.save_every=0",
+                "train.log_every=1",
+            ),
+        }
+    ]
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     run(deepspeed_cmd(DRIVER, [str(tmp_path / "plan.json")], num_gpus=2), log=tmp_path / "driver.log")
     result = json.loads((out / "collectives_rank0.json").read_text())

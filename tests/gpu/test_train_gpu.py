@@ -4,6 +4,7 @@ Launches (each ~20-40 s of start-up): the reference run (bf16 ZeRO-2, checkpoint
 killed with -9 and resumed (2), the collectives driver (fp16 ZeRO-3 with loss scaling, then a bf16 ZeRO-2 run, both
 counting the devices of collective tensors), and the evaluator in fp16 and in bf16 (2).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -33,8 +34,11 @@ from tests.helpers.gpu_runs import (
 )
 from tests.helpers.recall import assert_recall_matches_files
 
-pytestmark = [pytest.mark.gpu, pytest.mark.integration,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make gpu-check)")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.integration,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make gpu-check)"),
+]
 
 DRIVER = str(Path(__file__).with_name("collectives_driver.py"))
 
@@ -69,8 +73,10 @@ def _wait_until_killable(out: Path, proc, checkpoint: int, logged: int, timeout:
         if saved >= checkpoint and steps and max(steps) >= logged:
             return
         if proc.poll() is not None:
-            raise AssertionError(f"the run ended (exit {proc.returncode}) before checkpoint {checkpoint}; see "
-                                 f"{out.parent / 'killed.log'}")
+            raise AssertionError(
+                f"the run ended (exit {proc.returncode}) before checkpoint {checkpoint}; see "
+                f"{out.parent / 'killed.log'}"
+            )
         time.sleep(0.05)
     raise AssertionError(f"no checkpoint {checkpoint} and step {logged} within {timeout}s")
 
@@ -102,7 +108,7 @@ def test_kill_9_then_resume_reproduces_the_losses(shards, reference_run, tmp_pat
     # dropout masks show too. 1e-3 relative allows the kernels' noise and little else.
     for r in got:
         assert r["loss"] == pytest.approx(expected[r["step"]], rel=1e-3), (r["step"], r["loss"], expected[r["step"]])
-    assert [r["step"] for r in got[-(30 - killed_at):]] == list(range(killed_at + 1, 31))  # the resumed process's
+    assert [r["step"] for r in got[-(30 - killed_at) :]] == list(range(killed_at + 1, 31))  # the resumed process's
     assert (out / "model.safetensors").exists()
 
 
@@ -120,12 +126,31 @@ def driver_runs(shards, tmp_path_factory) -> dict[str, dict]:
     root = tmp_path_factory.mktemp("driver")
     valid = f"data.valid=[{shards}/valid]"
     plan = [
-        {"name": "fp16_zero3", "overrides": train_args(
-            shards, root / "fp16_zero3", "deepspeed.precision=fp16", "deepspeed.zero_stage=3",
-            "deepspeed.initial_scale_power=24", "model.grad_checkpointing=true", valid, "train.valid_recall=true")},
-        {"name": "bf16_zero2_tiny", "overrides": train_args(
-            shards, root / "bf16_zero2_tiny", f"model.name={TINY}", "optim.max_steps=6", "train.save_every=3",
-            valid, "train.valid_recall=true")},
+        {
+            "name": "fp16_zero3",
+            "overrides": train_args(
+                shards,
+                root / "fp16_zero3",
+                "deepspeed.precision=fp16",
+                "deepspeed.zero_stage=3",
+                "deepspeed.initial_scale_power=24",
+                "model.grad_checkpointing=true",
+                valid,
+                "train.valid_recall=true",
+            ),
+        },
+        {
+            "name": "bf16_zero2_tiny",
+            "overrides": train_args(
+                shards,
+                root / "bf16_zero2_tiny",
+                f"model.name={TINY}",
+                "optim.max_steps=6",
+                "train.save_every=3",
+                valid,
+                "train.valid_recall=true",
+            ),
+        },
     ]
     (root / "plan.json").write_text(json.dumps(plan))
     # One rank on a one-GPU machine; two where there are two, so the loss's all-gather with gradients runs too.
@@ -167,7 +192,9 @@ def test_no_collective_saw_a_cpu_tensor(driver_runs, scenario):
         assert "all_reduce" in result["wrapped"] and "all_gather_into_tensor" in result["wrapped"]
         assert sum(c["calls"] for c in counts.values()) > 0, "no collective ran: the count proves nothing"
         cpu = {name: c.get("cpu", 0) for name, c in counts.items() if c.get("cpu", 0)}
-        assert not cpu, f"rank {rank}: CPU tensors reached collectives {cpu}; first at:\n" + "\n".join(result["cpu_stacks"])
+        assert not cpu, f"rank {rank}: CPU tensors reached collectives {cpu}; first at:\n" + "\n".join(
+            result["cpu_stacks"]
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- 4. evaluator
@@ -175,8 +202,27 @@ def test_no_collective_saw_a_cpu_tensor(driver_runs, scenario):
 def test_evaluator_on_gpu(reference_run, shards, tmp_path, precision, dtype):
     checkpoint = reference_run[0] / "model.safetensors"
     out = tmp_path / "eval"
-    run([sys.executable, EVALUATE, "--checkpoint", str(checkpoint), "--data", str(shards / "valid"), "--split", "valid",
-         "--output", str(out), "--precision", precision, "--batch-size", "32", "--workers", "2"], log=tmp_path / "eval.log")
+    run(
+        [
+            sys.executable,
+            EVALUATE,
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            str(shards / "valid"),
+            "--split",
+            "valid",
+            "--output",
+            str(out),
+            "--precision",
+            precision,
+            "--batch-size",
+            "32",
+            "--workers",
+            "2",
+        ],
+        log=tmp_path / "eval.log",
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dtype"] == dtype and summary["device"].startswith("cuda")
     assert summary["model"] == BASE and summary["images"] == 64

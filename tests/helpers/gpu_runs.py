@@ -1,9 +1,10 @@
-"""Helpers for the GPU checks (``make gpu-check``, tests/gpu): shards of 224-px photos, launch commands, reading results.
+"""Helpers for the GPU checks (``make gpu-check``, tests/gpu): 224-px photo shards, launch commands, reading results.
 
 Every launch is the real trainer or evaluator in a subprocess under the real launcher, on the GPUs, with NCCL.
 Each launch costs 20-40 s of start-up (imports, CUDA and NCCL initialisation, DeepSpeed), so runs are shared
 between tests through module/session fixtures; the whole suite is sized to finish in 8 minutes on one H100.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,10 +50,21 @@ def run(cmd: list[str], log: Path | None = None, **env) -> str:
 def train_args(shards: Path, out: Path, *extra: str) -> list[str]:
     """The real model at real sizes from random init, small enough in steps and batch for a check. No --config: the
     dataclass defaults are the GPU recipe (bf16, ZeRO-2, context length 52); the keys below only shorten the run."""
-    return [f"model.name={BASE}", f"data.train=[{shards}/train]", f"train.output_dir={out}",
-            "data.batch_size=32", "data.valid_batch_size=32", "data.workers=4", "data.shuffle_buffer=100",
-            "optim.max_steps=30", "optim.warmup=5", "optim.lr=1e-4", "train.log_every=1", "train.save_every=10",
-            *extra]
+    return [
+        f"model.name={BASE}",
+        f"data.train=[{shards}/train]",
+        f"train.output_dir={out}",
+        "data.batch_size=32",
+        "data.valid_batch_size=32",
+        "data.workers=4",
+        "data.shuffle_buffer=100",
+        "optim.max_steps=30",
+        "optim.warmup=5",
+        "optim.lr=1e-4",
+        "train.log_every=1",
+        "train.save_every=10",
+        *extra,
+    ]
 
 
 def read_jsonl(path: Path, kind: str | None = "train") -> list[dict]:
@@ -74,14 +86,29 @@ def make_shards_224(root: Path, sizes: dict[str, int], samples_per_shard: int = 
     """Seed-layout splits of real bundled photos as 224-px JPEGs (the towers' resolution, so the loader decodes what a
     real dataset gives it; make_tiny_shards makes 64-px ones for the CPU suite), converted by tools/to_shards.py."""
     write_seed_dataset(str(root / "seed"), sizes, size=224)
-    subprocess.run([sys.executable, str(REPO / "tools/to_shards.py"), "--src", str(root / "seed"), "--dst",
-                    str(root / "shards"), "--splits", ",".join(sizes), "--samples-per-shard", str(samples_per_shard),
-                    "--no-progress"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools/to_shards.py"),
+            "--src",
+            str(root / "seed"),
+            "--dst",
+            str(root / "shards"),
+            "--splits",
+            ",".join(sizes),
+            "--samples-per-shard",
+            str(samples_per_shard),
+            "--no-progress",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return root / "shards"
 
 
 def reference_args(shards: Path, out: Path) -> list[str]:
     """bf16, ZeRO-2, gradient checkpointing, 30 steps of the real-size model, checkpoints every 10 steps, validation
     with retrieval recall at the end. The kill -9 test repeats exactly these for its losses to be comparable."""
-    return train_args(shards, out, "model.grad_checkpointing=true", f"data.valid=[{shards}/valid]",
-                      "train.valid_recall=true")
+    return train_args(
+        shards, out, "model.grad_checkpointing=true", f"data.valid=[{shards}/valid]", "train.valid_recall=true"
+    )

@@ -3,6 +3,7 @@ captions for tests, demos and benchmarks (no download). No package ships caption
 written from the photo's label plus the attributes we vary (crop position, colour cast), which keeps
 retrieval non-trivial: the same subject appears with different captions.
 """
+
 from __future__ import annotations
 
 import io
@@ -14,10 +15,24 @@ from PIL import Image
 
 # skimage.data name -> Chinese label. All are bundled in the wheel (others need a download).
 SKIMAGE_PHOTOS = {
-    "astronaut": "宇航员", "chelsea": "橘猫", "coffee": "一杯咖啡", "rocket": "火箭发射",
-    "hubble_deep_field": "深空星系", "immunohistochemistry": "组织切片", "retina": "视网膜",
-    "colorwheel": "色轮", "camera": "摄影师", "moon": "月球表面", "coins": "硬币", "brick": "砖墙",
-    "grass": "草地", "gravel": "碎石", "clock": "时钟", "cell": "细胞", "page": "书页", "text": "文字",
+    "astronaut": "宇航员",
+    "chelsea": "橘猫",
+    "coffee": "一杯咖啡",
+    "rocket": "火箭发射",
+    "hubble_deep_field": "深空星系",
+    "immunohistochemistry": "组织切片",
+    "retina": "视网膜",
+    "colorwheel": "色轮",
+    "camera": "摄影师",
+    "moon": "月球表面",
+    "coins": "硬币",
+    "brick": "砖墙",
+    "grass": "草地",
+    "gravel": "碎石",
+    "clock": "时钟",
+    "cell": "细胞",
+    "page": "书页",
+    "text": "文字",
 }
 SKLEARN_PHOTOS = {"china.jpg": "中国寺庙", "flower.jpg": "花朵"}
 
@@ -43,8 +58,7 @@ def photos() -> tuple[tuple[str, np.ndarray], ...]:
     return tuple(out)
 
 
-def make_image(index: int, size: int = 224, quality: int = 90, fmt: str = "JPEG",
-               seed: int = 0) -> tuple[bytes, str]:
+def make_image(index: int, size: int = 224, quality: int = 90, fmt: str = "JPEG", seed: int = 0) -> tuple[bytes, str]:
     """Encoded bytes and a Chinese caption for image number `index`.
 
     A crop (at a named position) of one bundled photo, colour-cast, resized to `size` x `size`, encoded
@@ -58,7 +72,7 @@ def make_image(index: int, size: int = 224, quality: int = 90, fmt: str = "JPEG"
     side = int(min(h, w) * rng.uniform(0.55, 0.9))
     fx, fy = POSITIONS[position]
     top, left = int((h - side) * fy), int((w - side) * fx)
-    crop = array[top:top + side, left:left + side].astype(np.float32) * np.array(CASTS[cast], np.float32)
+    crop = array[top : top + side, left : left + side].astype(np.float32) * np.array(CASTS[cast], np.float32)
     image = Image.fromarray(np.clip(crop, 0, 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))

@@ -1,4 +1,5 @@
 """Free loopback ports for the servers tests start (SeaweedFS, Slurm, rendezvous)."""
+
 from __future__ import annotations
 
 import random
@@ -15,8 +16,9 @@ def port_free(port: int) -> bool:
     return True
 
 
-def free_port_block(count: int, also_offset: int = 0, low: int = 20000, high: int = 29000,
-                    rng: random.Random | None = None) -> int:
+def free_port_block(
+    count: int, also_offset: int = 0, low: int = 20000, high: int = 29000, rng: random.Random | None = None
+) -> int:
     """A base port P with P..P+count-1 free (and P+also_offset.. too when `also_offset` is set:
     SeaweedFS opens every port + 10000 for gRPC)."""
     rng = rng or random.Random()

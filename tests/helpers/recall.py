@@ -1,5 +1,6 @@
 """Recall recomputed from the evaluator's written files, independently of its own code: what a user (or
 Chinese-CLIP's evaluation.py) would compute from ``{split}_predictions.jsonl`` and the ground truth."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,10 @@ def assert_recall_matches_files(summary: dict, out_dir: str | Path, split: str, 
     import pytest
 
     t2i, i2t = ground_truth(texts_jsonl)
-    for direction, predictions, truth in (("t2i", f"{split}_predictions.jsonl", t2i),
-                                          ("i2t", f"{split}_tr_predictions.jsonl", i2t)):
+    for direction, predictions, truth in (
+        ("t2i", f"{split}_predictions.jsonl", t2i),
+        ("i2t", f"{split}_tr_predictions.jsonl", i2t),
+    ):
         for k in (1, 5, 10):
             expected = recall_at(Path(out_dir) / predictions, truth, k)
             assert summary[direction][f"r{k}"] == pytest.approx(expected, abs=1e-9), (direction, k)

@@ -10,6 +10,7 @@ bucket PUT succeeded, not that a port answers (it answers before it can store).
     ...
     server.stop()
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,12 @@ class S3Server:
 
     def env(self) -> dict:
         """The same as AWS environment variables, for tools that read only those."""
-        return {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_ACCESS_KEY_ID": self.access_key,
-                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_DEFAULT_REGION": "us-east-1"}
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
 
     def filesystem(self):
         import s3fs
@@ -71,19 +76,40 @@ def weed_binary() -> str:
     return found
 
 
-def start_s3_server(workdir: str, access_key: str = "cnclip-test", secret_key: str | None = None,
-                    timeout: float = 60.0) -> S3Server:
+def start_s3_server(
+    workdir: str, access_key: str = "cnclip-test", secret_key: str | None = None, timeout: float = 60.0
+) -> S3Server:
     """Start `weed mini` storing under `workdir` and return once a bucket PUT works."""
     secret_key = secret_key or secrets.token_hex(16)
     os.makedirs(os.path.join(workdir, "data"), exist_ok=True)
     config = os.path.join(workdir, "s3.json")
     with open(config, "w") as f:
-        json.dump({"identities": [{"name": "ci", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                                   "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}, f)
+        json.dump(
+            {
+                "identities": [
+                    {
+                        "name": "ci",
+                        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                    }
+                ]
+            },
+            f,
+        )
     base = free_port_block(len(SERVICES), also_offset=10000, rng=random.Random(os.getpid() ^ time.time_ns()))
-    command = [weed_binary(), "mini", f"-dir={workdir}/data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-               f"-s3.config={config}", *[f"-{name}.port={base + k}" for k, name in enumerate(SERVICES)],
-               "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+    command = [
+        weed_binary(),
+        "mini",
+        f"-dir={workdir}/data",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.config={config}",
+        *[f"-{name}.port={base + k}" for k, name in enumerate(SERVICES)],
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+    ]
     log = open(os.path.join(workdir, "weed.log"), "wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()

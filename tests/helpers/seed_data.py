@@ -2,6 +2,7 @@
 real bundled photos, the LMDB that Chinese-CLIP's own builder makes from them, and helpers that plant
 each kind of bad record with the reject the converter must report for it.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,8 +18,9 @@ from tests.helpers.images import make_image
 @dataclass
 class SeedSplit:
     """What a generated split contains: the ground truth tests compare the output against."""
-    images: dict[str, bytes] = field(default_factory=dict)          # image_id -> encoded bytes
-    texts: list[dict] = field(default_factory=list)                 # {"text_id", "text", "image_ids"}
+
+    images: dict[str, bytes] = field(default_factory=dict)  # image_id -> encoded bytes
+    texts: list[dict] = field(default_factory=list)  # {"text_id", "text", "image_ids"}
 
     def captions(self) -> dict[str, list[tuple]]:
         """image_id -> [(text_id, text)] in text order: what a group=image sample's JSON must hold."""
@@ -30,9 +32,18 @@ class SeedSplit:
         return out
 
 
-def write_seed_split(root: str, split: str, n_images: int, texts_per_image: float = 1.5, size: int = 64,
-                     quality: int = 85, first_image_id: int = 1000000, first_text_id: int = 1,
-                     image_offset: int = 0, seed: int = 0) -> SeedSplit:
+def write_seed_split(
+    root: str,
+    split: str,
+    n_images: int,
+    texts_per_image: float = 1.5,
+    size: int = 64,
+    quality: int = 85,
+    first_image_id: int = 1000000,
+    first_text_id: int = 1,
+    image_offset: int = 0,
+    seed: int = 0,
+) -> SeedSplit:
     """Write `{root}/{split}_imgs.tsv` and `{split}_texts.jsonl` and return their content.
 
     Images are JPEGs of real photos (see `make_image`); about `texts_per_image` captions per image.
@@ -53,7 +64,9 @@ def write_seed_split(root: str, split: str, n_images: int, texts_per_image: floa
         linked = [first] if k % 2 == 0 or n_images == 1 else [first, ids[(k * 7 + 3) % n_images]]
         linked = list(dict.fromkeys(linked))
         _, caption = make_image(image_offset + int(first) - first_image_id, size, quality, seed=seed)
-        out.texts.append({"text_id": first_text_id + k, "text": f"{caption}（{k}）", "image_ids": [int(i) for i in linked]})
+        out.texts.append(
+            {"text_id": first_text_id + k, "text": f"{caption}（{k}）", "image_ids": [int(i) for i in linked]}
+        )
     with open(os.path.join(root, f"{split}_texts.jsonl"), "w", encoding="utf-8") as jsonl:
         for t in out.texts:
             jsonl.write(json.dumps(t, ensure_ascii=False) + "\n")
@@ -64,14 +77,22 @@ def write_seed_dataset(root: str, sizes: dict[str, int], **kwargs) -> dict[str, 
     """Several splits with disjoint image ids, e.g. `write_seed_dataset(d, {"train": 40, "valid": 10})`."""
     out, offset = {}, 0
     for split, n in sizes.items():
-        out[split] = write_seed_split(root, split, n, first_image_id=1000000 + offset,
-                                      first_text_id=1 + offset * 2, image_offset=offset, **kwargs)
+        out[split] = write_seed_split(
+            root, split, n, first_image_id=1000000 + offset, first_text_id=1 + offset * 2, image_offset=offset, **kwargs
+        )
         offset += n
     return out
 
 
-def write_realistic_split(root: str, n: int, split: str = "train", side: int | None = None,
-                          target_bytes: int = 100_000, pool: int = 256, quality: int = 90) -> int:
+def write_realistic_split(
+    root: str,
+    n: int,
+    split: str = "train",
+    side: int | None = None,
+    target_bytes: int = 100_000,
+    pool: int = 256,
+    quality: int = 90,
+) -> int:
     """A large seed split for benchmarks: `n` unique JPEGs of realistic size; returns the TSV's bytes.
 
     Encoding 20k big JPEGs would take minutes, so `pool` crops of real photos are encoded once (at
@@ -93,19 +114,32 @@ def write_realistic_split(root: str, n: int, split: str = "train", side: int | N
             unique = jpeg[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + jpeg[2:]
             tsv.write(b"%d\t%s\n" % (1_000_000 + i, pybase64.b64encode(unique)))
             ids = [1_000_000 + i] if i % 3 else [1_000_000 + i, 1_000_000 + (i * 7 + 1) % n]
-            texts.write(json.dumps({"text_id": i + 1, "text": f"{caption}（{i}）", "image_ids": ids},
-                                   ensure_ascii=False) + "\n")
+            texts.write(
+                json.dumps({"text_id": i + 1, "text": f"{caption}（{i}）", "image_ids": ids}, ensure_ascii=False) + "\n"
+            )
     return os.path.getsize(tsv_path)
 
 
 def build_lmdb_chinese_clip(root: str, splits: list[str]) -> str:
     """Run Chinese-CLIP's own `build_lmdb_dataset.py` (cn-clip 1.6.0) on `root`; return `root/lmdb`."""
-    subprocess.run([sys.executable, "-m", "cn_clip.preprocess.build_lmdb_dataset", "--data_dir", root,
-                    "--splits", ",".join(splits)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cn_clip.preprocess.build_lmdb_dataset",
+            "--data_dir",
+            root,
+            "--splits",
+            ",".join(splits),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return os.path.join(root, "lmdb")
 
 
 # ------------------------------------------------------------------------------------ bad records
+
 
 def _append(path: str, lines: list[bytes]) -> int:
     """Append raw lines; return the line number of the first one."""
@@ -124,8 +158,11 @@ def plant_bad_records(root: str, split: str, truth: SeedSplit) -> list[tuple]:
     good_id = next(iter(truth.images))
     jpeg, _ = make_image(10_001, 96, 80)
     b64 = base64.b64encode(jpeg)
-    urlsafe_jpeg = next(d for d in (make_image(10_002 + i, 48, 80)[0] for i in range(50))
-                        if b"+" in base64.b64encode(d) or b"/" in base64.b64encode(d))
+    urlsafe_jpeg = next(
+        d
+        for d in (make_image(10_002 + i, 48, 80)[0] for i in range(50))
+        if b"+" in base64.b64encode(d) or b"/" in base64.b64encode(d)
+    )
     image_lines = [
         (b"9000001\t!!not*base64!!", "invalid_base64"),
         (b"9000002\t" + base64.b64encode("这不是图片 not an image".encode()), "not_an_image"),
@@ -146,23 +183,41 @@ def plant_bad_records(root: str, split: str, truth: SeedSplit) -> list[tuple]:
     text_lines = [
         (b"{not json", [("text", "invalid_json")]),
         (json.dumps({"text_id": next_text, "image_ids": [int(good_id)]}).encode(), [("text", "missing_field")]),
-        (json.dumps({"text": "没有编号", "image_ids": [int(good_id)]}, ensure_ascii=False).encode(),
-         [("text", "missing_field")]),
-        (json.dumps({"text_id": next_text + 1, "text": "没有图片"}, ensure_ascii=False).encode(),
-         [("text", "missing_field")]),
-        (json.dumps({"text_id": next_text + 2, "text": "图片不存在", "image_ids": [999999998]},
-                    ensure_ascii=False).encode(), [("text", "unknown_image_ids"), ("pair", "unknown_image_id")]),
-        (json.dumps({"text_id": next_text + 3, "text": "图片被拒", "image_ids": [9000003]},
-                    ensure_ascii=False).encode(), [("text", "images_rejected"), ("pair", "image_rejected")]),
+        (
+            json.dumps({"text": "没有编号", "image_ids": [int(good_id)]}, ensure_ascii=False).encode(),
+            [("text", "missing_field")],
+        ),
+        (
+            json.dumps({"text_id": next_text + 1, "text": "没有图片"}, ensure_ascii=False).encode(),
+            [("text", "missing_field")],
+        ),
+        (
+            json.dumps(
+                {"text_id": next_text + 2, "text": "图片不存在", "image_ids": [999999998]}, ensure_ascii=False
+            ).encode(),
+            [("text", "unknown_image_ids"), ("pair", "unknown_image_id")],
+        ),
+        (
+            json.dumps(
+                {"text_id": next_text + 3, "text": "图片被拒", "image_ids": [9000003]}, ensure_ascii=False
+            ).encode(),
+            [("text", "images_rejected"), ("pair", "image_rejected")],
+        ),
         ('{"text_id": 1, "text": "坏编码'.encode() + b'\xff"}', [("text", "non_utf8")]),
         (b"", [("text", "blank_line")]),
-        (json.dumps({"text_id": truth.texts[0]["text_id"], "text": "重复编号", "image_ids": [int(good_id)]},
-                    ensure_ascii=False).encode(), [("text", "duplicate_text_id")]),
+        (
+            json.dumps(
+                {"text_id": truth.texts[0]["text_id"], "text": "重复编号", "image_ids": [int(good_id)]},
+                ensure_ascii=False,
+            ).encode(),
+            [("text", "duplicate_text_id")],
+        ),
         (json.dumps(kept, ensure_ascii=False).encode(), [("pair", "unknown_image_id")]),
         (json.dumps(url_text, ensure_ascii=False).encode(), []),
     ]
     first = _append(os.path.join(root, jsonl), [line for line, _ in text_lines])
-    expected += [(record, jsonl, first + k, reason) for k, (_, rejects) in enumerate(text_lines)
-                 for record, reason in rejects]
+    expected += [
+        (record, jsonl, first + k, reason) for k, (_, rejects) in enumerate(text_lines) for record, reason in rejects
+    ]
     truth.texts += [{**kept, "image_ids": [int(good_id)]}, url_text]
     return sorted(expected)

@@ -1,4 +1,5 @@
 """Running the converter and inspector as users do, and reading what they wrote with Python's tarfile only."""
+
 import json
 import subprocess
 import sys
@@ -17,8 +18,13 @@ def convert(*args) -> int:
 
 def run_tool(*args, timeout=120, env=None, tool="to_shards.py"):
     """Run tools/to_shards.py (or another tool) as a user would; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, str(REPO / "tools" / tool), *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, str(REPO / "tools" / tool), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def run_inspect(*args, **kwargs):

@@ -9,6 +9,7 @@ N emulated nodes (node1..nodeN) share this machine: one slurmd per node (Debian 
 its own port, all with NodeAddr=127.0.0.1 while the node names themselves do not resolve, as on clusters whose
 node names are not in DNS. munged gets a private key and socket, so a system munged (if any) is left alone.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,12 @@ def install_slurm() -> str | None:
         return "slurm-wlm/munge are not installed and there is no apt-get to install them"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES], check=True, env=env,
-                   capture_output=True)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     return None
 
 
@@ -109,8 +114,9 @@ class SlurmCluster:
 
     def _spawn(self, cmd: list[str], log: str) -> None:
         out = open(self.dir / log, "ab")
-        self.procs.append(subprocess.Popen(cmd, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL))
+        self.procs.append(
+            subprocess.Popen(cmd, env=self.env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        )
         out.close()
 
     def start(self, timeout: float = 60) -> SlurmCluster:
@@ -120,9 +126,18 @@ class SlurmCluster:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
         m = self.munge_dir
-        self._spawn([_sbin("munged"), "-F", f"--key-file={key}", f"--socket={m / 'munge.sock'}",
-                     f"--pid-file={m / 'munged.pid'}", f"--seed-file={m / 'munged.seed'}",
-                     f"--log-file={m / 'munged.log'}"], "munged.out")
+        self._spawn(
+            [
+                _sbin("munged"),
+                "-F",
+                f"--key-file={key}",
+                f"--socket={m / 'munge.sock'}",
+                f"--pid-file={m / 'munged.pid'}",
+                f"--seed-file={m / 'munged.seed'}",
+                f"--log-file={m / 'munged.log'}",
+            ],
+            "munged.out",
+        )
         self.wait_for(lambda: (m / "munge.sock").exists(), 20, "munged socket")
         self._write_conf()
         self._spawn([_sbin("slurmctld"), "-D", "-i", "-f", str(self.conf)], "slurmctld.out")

@@ -1,4 +1,5 @@
 """Helpers for tests that run the real trainer: tiny shards from real photos, launch commands, reading results."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,23 @@ def make_tiny_shards(root: str | Path, sizes: dict[str, int] | None = None, samp
     root = Path(root)
     sizes = sizes or {"train": 64, "valid": 24}
     write_seed_dataset(str(root / "seed"), sizes)
-    subprocess.run([sys.executable, str(REPO / "tools/to_shards.py"), "--src", str(root / "seed"), "--dst",
-                    str(root / "shards"), "--splits", ",".join(sizes), "--samples-per-shard", str(samples_per_shard),
-                    "--no-progress"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools/to_shards.py"),
+            "--src",
+            str(root / "seed"),
+            "--dst",
+            str(root / "shards"),
+            "--splits",
+            ",".join(sizes),
+            "--samples-per-shard",
+            str(samples_per_shard),
+            "--no-progress",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return root / "shards"
 
 

@@ -5,6 +5,7 @@ start-up for several loaders). A job trains nothing but takes batches like a tra
 all_reduce per batch (a rank with fewer batches would hang the others here), a gathered loader state
 saved after `stop_after` batches, the keys of every batch written to `out`.
 """
+
 import json
 import sys
 
@@ -18,11 +19,23 @@ from cnclip_scale.model.transforms import ImageTransform
 
 def run_job(cfg: dict, tokenizer: Tokenizer) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
-    reading = Reading(sources=cfg["source"], batch_size=cfg["batch_size"], workers=cfg["workers"],
-                      resampled=cfg["mode"] == "resampled", shuffle_buffer=cfg["shuffle_buffer"],
-                      epoch_samples=cfg.get("epoch_samples"))
-    loader = build_train_loader(reading, tokenizer=tokenizer, transform=ImageTransform(resolution=32), rank=rank,
-                                world_size=world, seed=cfg["seed"], storage_options=cfg.get("storage_options"))
+    reading = Reading(
+        sources=cfg["source"],
+        batch_size=cfg["batch_size"],
+        workers=cfg["workers"],
+        resampled=cfg["mode"] == "resampled",
+        shuffle_buffer=cfg["shuffle_buffer"],
+        epoch_samples=cfg.get("epoch_samples"),
+    )
+    loader = build_train_loader(
+        reading,
+        tokenizer=tokenizer,
+        transform=ImageTransform(resolution=32),
+        rank=rank,
+        world_size=world,
+        seed=cfg["seed"],
+        storage_options=cfg.get("storage_options"),
+    )
     if cfg.get("state_in"):
         loader.load_state_dict(json.load(open(cfg["state_in"])))
     taken, state = [], None
@@ -30,7 +43,7 @@ def run_job(cfg: dict, tokenizer: Tokenizer) -> None:
         loader.set_epoch(epoch)
         for batch in loader:
             step = torch.ones(1)
-            dist.all_reduce(step)                      # what a DDP/DeepSpeed step does every batch
+            dist.all_reduce(step)  # what a DDP/DeepSpeed step does every batch
             taken.append([epoch, batch["keys"]])
             if len(taken) == cfg.get("stop_after"):
                 state = loader.state_dict(gather=True)

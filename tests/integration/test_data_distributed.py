@@ -6,6 +6,7 @@ rank (world size 2 -> 1) that finishes the epoch with exactly the samples the tw
 Three launches in all (start-up dominates on CI): the first runs every uninterrupted job and the
 interrupted halves, the second resumes from the saved states in fresh processes, the third resumes
 the exact run's state on a single rank."""
+
 import pytest
 
 from integration.data_launch import run_ranks
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 JOB = dict(batch_size=3, workers=2, seed=11, shuffle_buffer=4, epochs=2)
 MODES = {"exact": dict(mode="exact"), "resampled": dict(mode="resampled", epoch_samples=30)}
-STOPS = {"exact": 4, "resampled": 7}          # both stop mid-way through epoch 1
+STOPS = {"exact": 4, "resampled": 7}  # both stop mid-way through epoch 1
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +29,19 @@ def runs(tmp_path_factory):
         jobs[f"{mode}-full"] = {**JOB, **extra, "source": shards.url}
         jobs[f"{mode}-first"] = {**JOB, **extra, "source": shards.url, "stop_after": STOPS[mode]}
     outs = run_ranks(str(root), jobs)
-    resumed = {f"{mode}-second": {**JOB, **extra, "source": shards.url, "state_in": str(root / f"{mode}-first.state.json")}
-               for mode, extra in MODES.items()}
-    outs.update(run_ranks(str(root), resumed))                   # fresh processes
-    single = {"exact-one-rank": {**JOB, **MODES["exact"], "source": shards.url,
-                                 "state_in": str(root / "exact-first.state.json")}}
+    resumed = {
+        f"{mode}-second": {**JOB, **extra, "source": shards.url, "state_in": str(root / f"{mode}-first.state.json")}
+        for mode, extra in MODES.items()
+    }
+    outs.update(run_ranks(str(root), resumed))  # fresh processes
+    single = {
+        "exact-one-rank": {
+            **JOB,
+            **MODES["exact"],
+            "source": shards.url,
+            "state_in": str(root / "exact-first.state.json"),
+        }
+    }
     outs.update(run_ranks(str(root), single, world=1))
     return shards, outs
 
@@ -60,7 +69,7 @@ def test_resampled_epochs_equal_batches_full_size(runs):
     full = outs["resampled-full"]
     assert all(len(_per_epoch(o)[e]) == 5 for o in full for e in range(2))
     assert all(len(keys) == 3 and set(keys) <= shards.keys() for o in full for _, keys in o["batches"])
-    assert full[0]["batches"] != full[1]["batches"]               # ranks draw different streams
+    assert full[0]["batches"] != full[1]["batches"]  # ranks draw different streams
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -68,7 +77,7 @@ def test_fresh_processes_reproduce_and_resume_the_key_sequence(runs, mode):
     _, outs = runs
     for rank in range(2):
         first, second = outs[f"{mode}-first"][rank]["batches"], outs[f"{mode}-second"][rank]["batches"]
-        assert len(first) == STOPS[mode] and second                  # the split is really mid-run
+        assert len(first) == STOPS[mode] and second  # the split is really mid-run
         assert first + second == outs[f"{mode}-full"][rank]["batches"]
 
 

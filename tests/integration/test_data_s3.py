@@ -1,5 +1,6 @@
 """The pipeline against a real S3 server (SeaweedFS on loopback, the session `s3_server` fixture):
 the same samples, in the same order, as from local disk — inside DataLoader workers too."""
+
 import secrets
 
 import pytest
@@ -21,8 +22,14 @@ def both(s3_server, tmp_path_factory):
     bucket = f"data-{secrets.token_hex(4)}"
     s3_server.make_bucket(bucket)
     local = build_shard_set(str(tmp_path_factory.mktemp("local")), 17, samples_per_shard=7)
-    remote = build_shard_set("", 17, samples_per_shard=7, dst=f"s3://{bucket}/ds",
-                             storage_options=s3_server.storage_options(), seed_dir=local.seed_dir)
+    remote = build_shard_set(
+        "",
+        17,
+        samples_per_shard=7,
+        dst=f"s3://{bucket}/ds",
+        storage_options=s3_server.storage_options(),
+        seed_dir=local.seed_dir,
+    )
     assert remote.sizes == local.sizes == [7, 7, 3]
     return local, remote, s3_server.storage_options()
 
@@ -36,9 +43,9 @@ def test_train_loader_reads_the_same_from_s3_in_workers(both):
     local, remote, options = both
     args = dict(tokenizer=Tokenizer(), transform=ImageTransform(resolution=32), rank=0, world_size=1, seed=5)
     shape = dict(batch_size=4, workers=2, shuffle_buffer=4)
-    pattern = f"{remote.url}/train-{{000000..000002}}.tar"             # brace pattern, counts from the manifest
+    pattern = f"{remote.url}/train-{{000000..000002}}.tar"  # brace pattern, counts from the manifest
     from_s3 = build_train_loader(Reading(sources=pattern, **shape), storage_options=options, **args)
-    assert from_s3.mp_context.get_start_method() == "forkserver"     # no fork of a process that touched S3
+    assert from_s3.mp_context.get_start_method() == "forkserver"  # no fork of a process that touched S3
     keys_s3, images_s3 = _take(from_s3)
     keys_local, images_local = _take(build_train_loader(Reading(sources=local.url, **shape), **args))
     assert keys_s3 == keys_local and sorted(k for b in keys_s3 for k in b) == sorted(local.keys())
@@ -57,7 +64,7 @@ def test_eval_loader_reads_the_same_from_s3(both):
 
 def test_plain_webdataset_opens_s3_through_the_registered_opener(both, s3_server, monkeypatch):
     _, remote, _ = both
-    for name, value in s3_server.env().items():                        # plain wds takes AWS_* variables
+    for name, value in s3_server.env().items():  # plain wds takes AWS_* variables
         monkeypatch.setenv(name, value)
     samples = list(wds.WebDataset(f"{remote.url}/train-000002.tar", shardshuffle=False, empty_check=False))
     assert len(samples) == 3 and all("json" in s for s in samples)

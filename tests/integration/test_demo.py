@@ -1,4 +1,5 @@
 """`make demo`'s path, shortened: the same script and commands with fewer training steps."""
+
 import json
 import subprocess
 import sys
@@ -8,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers.train_runs import REPO, train_env
 from tests.helpers.recall import assert_recall_matches_files
+from tests.helpers.train_runs import REPO, train_env
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +26,13 @@ class _Tags(HTMLParser):
 
 def test_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, str(REPO / "tools/run_demo.py"), "--out", str(out), "--steps", "30"],
-                            env=train_env(), capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools/run_demo.py"), "--out", str(out), "--steps", "30"],
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     stdout = result.stdout
     assert "text→image" in stdout and "image→text" in stdout and "zero-shot" in stdout
@@ -45,8 +51,13 @@ def test_demo_end_to_end(tmp_path):
     assert (out / "run" / "model.safetensors").exists()
     steps_logged = _train_records(out)
     # re-running reuses what is built: no new dataset, no new training steps
-    again = subprocess.run([sys.executable, str(REPO / "tools/run_demo.py"), "--out", str(out), "--steps", "30"],
-                           env=train_env(), capture_output=True, text=True, timeout=900)
+    again = subprocess.run(
+        [sys.executable, str(REPO / "tools/run_demo.py"), "--out", str(out), "--steps", "30"],
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "reusing" in again.stdout
     assert _train_records(out) == steps_logged  # the finished run was resumed, not trained again

@@ -1,6 +1,7 @@
 """launch/evaluate.py end to end in real processes: 1 rank vs 2 gloo ranks (torchrun), gathered vs
 gallery-sharded, seed folder vs shards (uneven shards, pair shards with repeated images); recall
 checked by Chinese-CLIP's own evaluation scripts run on our prediction files."""
+
 import json
 import os
 import shutil
@@ -21,8 +22,14 @@ from tests.helpers.data_shards import build_shard_set
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 CN_CLIP_EVAL = Path(__import__("cn_clip").__file__).parent / "eval"
-COMPARED = ["test_predictions.jsonl", "test_tr_predictions.jsonl", "output.json", "output_tr.json",
-            "test_texts.reference.jsonl", "test_texts.txt_feat.npy"]
+COMPARED = [
+    "test_predictions.jsonl",
+    "test_tr_predictions.jsonl",
+    "output.json",
+    "output_tr.json",
+    "test_texts.reference.jsonl",
+    "test_texts.txt_feat.npy",
+]
 
 
 def _env():
@@ -33,16 +40,39 @@ def _env():
 
 
 def evaluate(out: Path, ckpt: str, data: str, ranks: int = 1, *extra: str) -> Path:
-    script = [str(ROOT / "launch/evaluate.py"), "--checkpoint", ckpt, "--data", data, "--split", "test",
-              "--output", str(out), "--batch-size", "4", *extra]
+    script = [
+        str(ROOT / "launch/evaluate.py"),
+        "--checkpoint",
+        ckpt,
+        "--data",
+        data,
+        "--split",
+        "test",
+        "--output",
+        str(out),
+        "--batch-size",
+        "4",
+        *extra,
+    ]
     if ranks == 1:
         cmd = [sys.executable, *script]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *script]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(ranks),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            *script,
+        ]
     # A new session, so that a hung run is stopped together with its ranks (killpg), not orphaned.
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         output, _ = proc.communicate(timeout=240)
     finally:
@@ -68,7 +98,7 @@ def runs(tmp_path_factory):
     write_checkpoint(model.state_dict(), model.config, ckpt, "native")
     # 31 images in shards of 7: 5 shards of uneven size, rank shares 16/15, workers get 8/8/8/7.
     shards = build_shard_set(str(root / "img"), 31, 7, split="test")
-    classes = root / "classes.txt"   # caption stems ("…（k）" without the counter) as class names
+    classes = root / "classes.txt"  # caption stems ("…（k）" without the counter) as class names
     classes.write_text("\n".join(sorted({t["text"].split("（")[0] for t in shards.truth.texts})), encoding="utf-8")
     by_pair = build_shard_set(str(root / "pair"), 31, 9, group="pair", split="test", seed_dir=str(root / "pair_seed"))
     return {
@@ -77,7 +107,8 @@ def runs(tmp_path_factory):
         "two": evaluate(root / "two", ckpt, shards.url, 2, "--workers", "2", "--zeroshot-classes", str(classes)),
         "sharded": evaluate(root / "sharded", ckpt, shards.url, 2, "--workers", "1", "--gallery-sharded"),
         "by_pair": evaluate(root / "by_pair", ckpt, by_pair.url, 2, "--workers", "1"),
-        "truth": shards.truth, "seed_dir": shards.seed_dir,
+        "truth": shards.truth,
+        "seed_dir": shards.seed_dir,
     }
 
 
@@ -92,14 +123,18 @@ def test_same_outputs_whatever_the_layout(runs, other):
 def test_every_image_and_text_once(runs):
     summary = json.loads((ok(runs["two"]) / "summary.json").read_text())
     truth = runs["truth"]
-    assert summary["world_size"] == 2 and summary["images"] == len(truth.images) and summary["texts"] == len(truth.texts)
+    assert (
+        summary["world_size"] == 2 and summary["images"] == len(truth.images) and summary["texts"] == len(truth.texts)
+    )
     assert summary["pairs"] == sum(len(t["image_ids"]) for t in truth.texts)
     ids = np.load(ok(runs["two"]) / "test_imgs.img_ids.npy").tolist()
     assert ids == sorted(int(i) for i in truth.images)
     parts = [np.load(ok(runs["sharded"]) / f"test_imgs.part{r:05d}-of-00002.img_ids.npy").tolist() for r in range(2)]
     assert sorted(parts[0] + parts[1]) == ids and not set(parts[0]) & set(parts[1])
     full = np.load(ok(runs["two"]) / "test_imgs.img_feat.npy")
-    sharded = np.concatenate([np.load(ok(runs["sharded"]) / f"test_imgs.part{r:05d}-of-00002.img_feat.npy") for r in range(2)])
+    sharded = np.concatenate(
+        [np.load(ok(runs["sharded"]) / f"test_imgs.part{r:05d}-of-00002.img_feat.npy") for r in range(2)]
+    )
     assert np.array_equal(full, sharded[np.argsort(parts[0] + parts[1])])
 
 
@@ -126,8 +161,14 @@ def test_recall_equals_chinese_clip_evaluation_scripts(runs, tmp_path):
     env = _env()
 
     def run(script, *args):
-        subprocess.run([sys.executable, str(CN_CLIP_EVAL / script), *map(str, args)], env=env, check=True,
-                       capture_output=True, cwd=tmp_path, timeout=120)
+        subprocess.run(
+            [sys.executable, str(CN_CLIP_EVAL / script), *map(str, args)],
+            env=env,
+            check=True,
+            capture_output=True,
+            cwd=tmp_path,
+            timeout=120,
+        )
 
     run("evaluation.py", texts, out / "test_predictions.jsonl", tmp_path / "t2i.json")
     run("transform_ir_annotation_to_tr.py", "--input", texts)
@@ -146,20 +187,35 @@ def test_report_renders_in_headless_chromium(runs, tmp_path):
 
     page = ok(runs["two"]) / "report.html"
     body = page.read_text()
-    assert "http" not in body.replace("http-equiv", "")               # self-contained: nothing fetched
-    assert body.count("data:image/jpeg;base64,") >= 12 and '<div class="ph">' not in body   # every thumbnail found
+    assert "http" not in body.replace("http-equiv", "")  # self-contained: nothing fetched
+    assert body.count("data:image/jpeg;base64,") >= 12 and '<div class="ph">' not in body  # every thumbnail found
     assert body.count("<div class='q'><h3>") == 12 and "R@10" in body
-    assert sum(t["text"] in body for t in runs["truth"].texts) >= 12                       # captions shown
+    assert sum(t["text"] in body for t in runs["truth"].texts) >= 12  # captions shown
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if not browser and not os.environ.get("CI"):
         pytest.skip("chromium not installed and this is not CI (make test-deps installs it as root; Debian 'chromium')")
     assert browser, "chromium not installed (make test-deps installs it; Debian package 'chromium')"
     shot = tmp_path / "report.png"
-    proc = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                             "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-                             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,1400",
-                             f"--screenshot={shot}", page.as_uri()],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1000,1400",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         proc.wait(timeout=90)
     finally:

@@ -3,6 +3,7 @@
 Two emulated nodes whose names do not resolve; jobs are CPU ranks (gloo). The deepspeed hostfile launcher (one host
 with two slots, two hosts via --no_ssh --node_rank) is proven in test_train_launchers.py.
 """
+
 import json
 import os
 import socket
@@ -76,8 +77,17 @@ def datapath(tmp_path_factory):
 
 def submit(slurm, script, log, flags, overrides, wait=True, **env):
     """sbatch from the repository root as users do; returns (returncode, job id)."""
-    cmd = ["sbatch", "--parsable", *(["--wait"] if wait else []), f"--output={log}", "--gpus-per-node=0",
-           "--time=10", *flags, str(REPO / "launch" / script), *overrides]
+    cmd = [
+        "sbatch",
+        "--parsable",
+        *(["--wait"] if wait else []),
+        f"--output={log}",
+        "--gpus-per-node=0",
+        "--time=10",
+        *flags,
+        str(REPO / "launch" / script),
+        *overrides,
+    ]
     env = train_env(SLURM_CONF=slurm.conf, PYTHON=sys.executable, **env)
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert result.stdout.strip(), result.stderr
@@ -86,8 +96,16 @@ def submit(slurm, script, log, flags, overrides, wait=True, **env):
 
 def finetune(slurm, datapath, tmp_path, flags, **env):
     out, log = tmp_path / "out", tmp_path / "job.log"
-    rc, _ = submit(slurm, "finetune.sbatch", log, flags, [f"train.output_dir={out}"],
-                     CONFIG=datapath / "finetune-tiny.yaml", DATAPATH=datapath, **env)
+    rc, _ = submit(
+        slurm,
+        "finetune.sbatch",
+        log,
+        flags,
+        [f"train.output_dir={out}"],
+        CONFIG=datapath / "finetune-tiny.yaml",
+        DATAPATH=datapath,
+        **env,
+    )
     text = log.read_text()
     assert rc == 0, text[-4000:]
     assert "Rank 0 | launcher=srun world_size=2" in text and "Rank 1 | launcher=srun world_size=2" in text, text[-4000:]
@@ -124,8 +142,9 @@ def test_job_fails_with_the_ranks_exit_code(slurm, datapath, tmp_path):
     flags, config = ["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1"], datapath / "finetune-tiny.yaml"
     rc, _ = submit(slurm, "finetune.sbatch", tmp_path / "a.log", flags, [], CONFIG=config, DATAPATH="")
     assert rc == 2 and "export DATAPATH=" in (tmp_path / "a.log").read_text()
-    rc, _ = submit(slurm, "finetune.sbatch", tmp_path / "b.log", flags, ["optim.no_such_key=1"], CONFIG=config,
-                   DATAPATH=datapath)
+    rc, _ = submit(
+        slurm, "finetune.sbatch", tmp_path / "b.log", flags, ["optim.no_such_key=1"], CONFIG=config, DATAPATH=datapath
+    )
     # The first rank to exit with 2 ends the step (--kill-on-bad-exit); a slower one may be terminated first (143).
     assert rc in (2, 143) and "pretrain: config error" in (tmp_path / "b.log").read_text()
 
@@ -153,8 +172,14 @@ def _resumed(out: Path, step: int) -> str:
 def test_requeued_then_cancelled_pretrain_job_resumes(slurm, datapath, tmp_path):
     """--requeue: a requeued job continues by itself; a cancelled one continues when submitted again."""
     steps, out, log = 16, tmp_path / "out", tmp_path / "first.log"
-    overrides = [f"data.train=[{datapath}/datasets/tiny/shards/train]", f"train.output_dir={out}", "data.batch_size=8",
-                 f"optim.max_steps={steps}", "train.save_every=2", "train.log_every=1"]
+    overrides = [
+        f"data.train=[{datapath}/datasets/tiny/shards/train]",
+        f"train.output_dir={out}",
+        "data.batch_size=8",
+        f"optim.max_steps={steps}",
+        "train.save_every=2",
+        "train.log_every=1",
+    ]
     flags = ["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1"]
     env = {"CONFIG": REPO / "configs/tiny-cpu.yaml"}  # pretraining from scratch: no model.init
     _, job = submit(slurm, "pretrain.sbatch", log, flags, overrides, wait=False, **env)
@@ -192,9 +217,21 @@ def test_requeued_then_cancelled_pretrain_job_resumes(slurm, datapath, tmp_path)
 def test_evaluate_sbatch_on_two_nodes(slurm, datapath, tmp_path):
     """launch/evaluate.sbatch shares the training scripts' rendezvous (launch/rendezvous.sh): 2 nodes × 1 rank."""
     out, log = tmp_path / "eval", tmp_path / "eval.log"
-    args = ["--checkpoint", str(datapath / "pretrained_weights" / "clip_cn_tiny.pt"),
-            "--data", str(datapath / "datasets" / "tiny" / "shards" / "train"), "--split", "train",
-            "--output", str(out), "--workers", "1", "--context-length", "32", "--no-report"]
+    args = [
+        "--checkpoint",
+        str(datapath / "pretrained_weights" / "clip_cn_tiny.pt"),
+        "--data",
+        str(datapath / "datasets" / "tiny" / "shards" / "train"),
+        "--split",
+        "train",
+        "--output",
+        str(out),
+        "--workers",
+        "1",
+        "--context-length",
+        "32",
+        "--no-report",
+    ]
     rc, _ = submit(slurm, "evaluate.sbatch", log, ["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1"], args)
     assert rc == 0, log.read_text()[-4000:]
     summary = json.loads((out / "summary.json").read_text())

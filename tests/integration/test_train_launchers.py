@@ -1,4 +1,5 @@
 """launch/pretrain.py under each launcher users have (2 CPU ranks, gloo), and kill -9 + resume."""
+
 import json
 import os
 import shutil
@@ -23,8 +24,16 @@ def shards(tmp_path_factory):
 
 
 def overrides(shards, out, steps=3, *extra):
-    return ["--config", str(REPO / "configs/tiny-cpu.yaml"), f"data.train=[{shards}/train]", f"train.output_dir={out}",
-            "data.batch_size=8", f"optim.max_steps={steps}", "train.log_every=1", *extra]
+    return [
+        "--config",
+        str(REPO / "configs/tiny-cpu.yaml"),
+        f"data.train=[{shards}/train]",
+        f"train.output_dir={out}",
+        "data.batch_size=8",
+        f"optim.max_steps={steps}",
+        "train.log_every=1",
+        *extra,
+    ]
 
 
 def run(cmd, **kwargs):
@@ -44,8 +53,20 @@ def hostfile_run(shards, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostfile")
     hostfile = tmp / "hostfile"
     hostfile.write_text("localhost slots=2\n")
-    log = run([DEEPSPEED, "--hostfile", str(hostfile), "--no_ssh_check", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), PRETRAIN, *overrides(shards, tmp / "out", 3, "train.record_keys=true")])
+    log = run(
+        [
+            DEEPSPEED,
+            "--hostfile",
+            str(hostfile),
+            "--no_ssh_check",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            PRETRAIN,
+            *overrides(shards, tmp / "out", 3, "train.record_keys=true"),
+        ]
+    )
     return log, tmp / "out"
 
 
@@ -83,10 +104,29 @@ def test_deepspeed_two_emulated_nodes(shards, tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node1 slots=1\nnode2 slots=1\n")
     port = str(free_port())
-    procs = [subprocess.Popen([DEEPSPEED, "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(node),
-                               "--master_addr", "127.0.0.1", "--master_port", port, PRETRAIN,
-                               *overrides(shards, tmp_path / "out")], env=train_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for node in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [
+                DEEPSPEED,
+                "--hostfile",
+                str(hostfile),
+                "--no_ssh",
+                "--node_rank",
+                str(node),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                port,
+                PRETRAIN,
+                *overrides(shards, tmp_path / "out"),
+            ],
+            env=train_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(logs)[-4000:]
     assert "Rank 1 | launcher=" in logs[1]
@@ -100,8 +140,13 @@ def test_single_process_without_launcher(shards, tmp_path):
 
 
 def test_too_little_data_for_one_global_batch_is_one_line(shards, tmp_path):
-    result = subprocess.run([os.sys.executable, PRETRAIN, *overrides(shards, tmp_path / "out", 2), "data.batch_size=128"],
-                            env=train_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [os.sys.executable, PRETRAIN, *overrides(shards, tmp_path / "out", 2), "data.batch_size=128"],
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 2
     assert "pretrain: data.train: 64 samples give no batch to each of 1 ranks (batch size 128" in result.stderr
     assert "Traceback" not in result.stderr
@@ -123,13 +168,31 @@ def test_kill_9_then_resume_continues_the_same_run(shards, tmp_path):
     steps = 12
     args = ["train.save_every=4", "train.record_keys=true", "optim.lr=2e-3"]
     reference = tmp_path / "reference"
-    run([DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), PRETRAIN,
-         *overrides(shards, reference, steps, *args)])
+    run(
+        [
+            DEEPSPEED,
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(free_port()),
+            PRETRAIN,
+            *overrides(shards, reference, steps, *args),
+        ]
+    )
 
     out = tmp_path / "killed"
-    cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), PRETRAIN, *overrides(shards, out, steps, *args)]
-    proc = subprocess.Popen(cmd, env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    cmd = [
+        DEEPSPEED,
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        PRETRAIN,
+        *overrides(shards, out, steps, *args),
+    ]
+    proc = subprocess.Popen(
+        cmd, env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         _wait_for_checkpoint(out, proc, at_least=4)
     finally:
@@ -158,12 +221,45 @@ def test_two_rank_evaluation_of_a_deepspeed_checkpoint_equals_the_export(shards,
     the run's fp32 export evaluated in one process (the same weights)."""
     _, run_dir = hostfile_run
     evaluate = str(REPO / "launch/evaluate.py")
-    common = ["--data", f"{shards}/train", "--split", "train", "--workers", "1", "--context-length", "32",
-              "--no-report"]
-    run([os.sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         evaluate, "--checkpoint", str(run_dir / "checkpoints"), "--output", str(tmp_path / "two"), *common])
-    run([os.sys.executable, evaluate, "--checkpoint", str(run_dir / "model.safetensors"), "--output",
-         str(tmp_path / "one"), *common])
+    common = [
+        "--data",
+        f"{shards}/train",
+        "--split",
+        "train",
+        "--workers",
+        "1",
+        "--context-length",
+        "32",
+        "--no-report",
+    ]
+    run(
+        [
+            os.sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            evaluate,
+            "--checkpoint",
+            str(run_dir / "checkpoints"),
+            "--output",
+            str(tmp_path / "two"),
+            *common,
+        ]
+    )
+    run(
+        [
+            os.sys.executable,
+            evaluate,
+            "--checkpoint",
+            str(run_dir / "model.safetensors"),
+            "--output",
+            str(tmp_path / "one"),
+            *common,
+        ]
+    )
     two, one = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("two", "one"))
     assert two["world_size"] == 2 and one["world_size"] == 1
     assert (two["t2i"], two["i2t"]) == (one["t2i"], one["i2t"])

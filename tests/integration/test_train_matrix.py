@@ -4,6 +4,7 @@ master copy, and a non-finite loss stops the run with the last good checkpoint i
 
 All scenarios run inside one torchrun launch (tests/integration/train_driver.py) so the suite pays the start-up once.
 """
+
 import json
 import math
 import subprocess
@@ -27,9 +28,19 @@ STEPS, RESUME_AT = 6, 3
 
 
 def _common(shards, out):
-    return [f"data.train=[{shards}/train]", f"train.output_dir={out}", "data.batch_size=8", "data.workers=1",
-            "optim.lr=2e-3", "optim.warmup=1", "train.log_every=1", "train.record_keys=true", "train.keep_last=5",
-            "deepspeed.initial_scale_power=8", "model.grad_checkpointing=true"]
+    return [
+        f"data.train=[{shards}/train]",
+        f"train.output_dir={out}",
+        "data.batch_size=8",
+        "data.workers=1",
+        "optim.lr=2e-3",
+        "optim.warmup=1",
+        "train.log_every=1",
+        "train.record_keys=true",
+        "train.keep_last=5",
+        "deepspeed.initial_scale_power=8",
+        "model.grad_checkpointing=true",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -46,33 +57,89 @@ def runs(tmp_path_factory):
     plan = []
     for stage, precision in COMBOS:
         name = f"z{stage}-{precision}"
-        extra = [f"deepspeed.zero_stage={stage}", f"deepspeed.precision={precision}", f"optim.max_steps={STEPS}",
-                 f"train.save_every={RESUME_AT}"]
+        extra = [
+            f"deepspeed.zero_stage={stage}",
+            f"deepspeed.precision={precision}",
+            f"optim.max_steps={STEPS}",
+            f"train.save_every={RESUME_AT}",
+        ]
         plan.append({"name": name, "overrides": _common(shards, root / name) + extra})
-        plan.append({"name": name + "-resumed", "resume_from": {"dir": str(root / name), "step": RESUME_AT},
-                     "overrides": _common(shards, root / (name + "-resumed")) + extra})
+        plan.append(
+            {
+                "name": name + "-resumed",
+                "resume_from": {"dir": str(root / name), "step": RESUME_AT},
+                "overrides": _common(shards, root / (name + "-resumed")) + extra,
+            }
+        )
     for stage, precision in ((2, "bf16"), (3, "fp16")):
         name = f"clamp-z{stage}-{precision}"
-        plan.append({"name": name, "overrides": _common(shards, root / name) + [
-            f"deepspeed.zero_stage={stage}", f"deepspeed.precision={precision}", "optim.max_steps=3",
-            "optim.lr=1e-5", f"model.init={big_scale}", "train.save_every=3"]})
-    plan.append({"name": "nan", "nan_at_step": 4, "overrides": _common(shards, root / "nan") + [
-        "deepspeed.precision=bf16", "optim.max_steps=6", "train.save_every=2"]})
+        plan.append(
+            {
+                "name": name,
+                "overrides": _common(shards, root / name)
+                + [
+                    f"deepspeed.zero_stage={stage}",
+                    f"deepspeed.precision={precision}",
+                    "optim.max_steps=3",
+                    "optim.lr=1e-5",
+                    f"model.init={big_scale}",
+                    "train.save_every=3",
+                ],
+            }
+        )
+    plan.append(
+        {
+            "name": "nan",
+            "nan_at_step": 4,
+            "overrides": _common(shards, root / "nan")
+            + ["deepspeed.precision=bf16", "optim.max_steps=6", "train.save_every=2"],
+        }
+    )
     # A user's DeepSpeed JSON turns bf16 on while our config says fp32: the engine's precision is what counts (inputs
     # cast for an fp32 engine would not fit its bf16 weights).
     ds_json = root / "bf16.json"
     ds_json.write_text(json.dumps({"bf16": {"enabled": True}}))
-    plan.append({"name": "dsjson-bf16", "overrides": _common(shards, root / "dsjson-bf16") + [
-        "deepspeed.precision=fp32", f"deepspeed.config={ds_json}", "optim.max_steps=2"]})
+    plan.append(
+        {
+            "name": "dsjson-bf16",
+            "overrides": _common(shards, root / "dsjson-bf16")
+            + ["deepspeed.precision=fp32", f"deepspeed.config={ds_json}", "optim.max_steps=2"],
+        }
+    )
     # 9 validation images at batch 4 over 2 ranks: one rank embeds 1 batch, the other 2, so any ZeRO-3 collective
     # left in the evaluation's forwards would be mismatched (a hang or wrong features).
-    plan.append({"name": "z3-valid", "overrides": _common(shards, root / "z3-valid") + [
-        "deepspeed.zero_stage=3", "deepspeed.precision=fp32", "optim.max_steps=2", "train.valid_every=1",
-        f"data.valid=[{shards}/valid]", "data.valid_batch_size=4"]})
+    plan.append(
+        {
+            "name": "z3-valid",
+            "overrides": _common(shards, root / "z3-valid")
+            + [
+                "deepspeed.zero_stage=3",
+                "deepspeed.precision=fp32",
+                "optim.max_steps=2",
+                "train.valid_every=1",
+                f"data.valid=[{shards}/valid]",
+                "data.valid_batch_size=4",
+            ],
+        }
+    )
     (root / "plan.json").write_text(json.dumps(plan))
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", str(free_port()), str(HERE / "train_driver.py"), str(root / "plan.json")],
-                            env=train_env(), capture_output=True, text=True, timeout=840)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            str(HERE / "train_driver.py"),
+            str(root / "plan.json"),
+        ],
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=840,
+    )
     (root / "driver.log").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, result.stderr[-4000:]
     return root
@@ -147,7 +214,10 @@ def test_zero3_in_training_recall_equals_the_evaluator_on_the_export(runs):
     assert expected["images"] == 9
     for direction in ("t2i", "i2t"):
         for key in ("r1", "r5", "r10", "mean_recall"):
-            assert valid[-1][f"{direction}_{key}"] == pytest.approx(expected[direction][key], abs=1e-9), (direction, key)
+            assert valid[-1][f"{direction}_{key}"] == pytest.approx(expected[direction][key], abs=1e-9), (
+                direction,
+                key,
+            )
 
 
 def test_the_engines_precision_wins_over_the_config(runs):

@@ -3,6 +3,7 @@
 1 rank saves → 2 ranks resume → 2 ranks save → 1 rank resumes. After the resume, the step the saving run took next,
 on the same global batch, must give the same fp32 weights and Adam moments as it gave there (ZeRO-2 and ZeRO-3).
 """
+
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,17 @@ DRIVER = str(Path(__file__).parent / "universal_driver.py")
 
 
 def launch(ranks: int, root: Path, load_from: Path | None = None) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-           str(free_port()), DRIVER, str(root)] + (["--load-from", str(load_from)] if load_from else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(ranks),
+        "--master_port",
+        str(free_port()),
+        DRIVER,
+        str(root),
+    ] + (["--load-from", str(load_from)] if load_from else [])
     result = subprocess.run(cmd, env=train_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
@@ -48,4 +58,3 @@ def test_universal_resume_continues_the_same_optimisation(runs, stage, direction
     continued = load_file(str(runs / source / f"stage{stage}" / "continued.safetensors"))
     assert any(k.startswith("exp_avg_sq/") for k in resumed)
     assert_same_state(resumed, continued)
-

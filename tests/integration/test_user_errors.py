@@ -2,6 +2,7 @@
 everywhere, no traceback on any rank), a resume from a real checkpoint whose optimizer file was replaced by a crafted
 pickle, and S3 with a wrong secret. The single-process cases are in tests/train/test_pretrain_command.py and
 tests/eval/test_evaluate_command.py."""
+
 import shutil
 import subprocess
 import sys
@@ -25,8 +26,15 @@ def shards(tmp_path_factory):
 
 
 def overrides(shards, out, *extra):
-    return ["--config", str(REPO / "configs/tiny-cpu.yaml"), f"data.train=[{shards}/train]", f"train.output_dir={out}",
-            "data.batch_size=8", "train.log_every=1", *extra]
+    return [
+        "--config",
+        str(REPO / "configs/tiny-cpu.yaml"),
+        f"data.train=[{shards}/train]",
+        f"train.output_dir={out}",
+        "data.batch_size=8",
+        "train.log_every=1",
+        *extra,
+    ]
 
 
 def run(cmd, env=None) -> tuple[int, str]:
@@ -39,11 +47,21 @@ def error_lines(output: str, command: str) -> list[str]:
 
 
 def test_two_ranks_missing_valid_data_is_one_line_from_rank_0(shards, tmp_path):
-    rc, output = run([DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), PRETRAIN,
-                      *overrides(shards, tmp_path / "out", "optim.max_steps=2", f"data.valid=[{tmp_path}/nope]")])
+    rc, output = run(
+        [
+            DEEPSPEED,
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(free_port()),
+            PRETRAIN,
+            *overrides(shards, tmp_path / "out", "optim.max_steps=2", f"data.valid=[{tmp_path}/nope]"),
+        ]
+    )
     assert rc == 2, output[-3000:]
-    assert error_lines(output, "pretrain") == [f"pretrain: data.valid: source folder not found: {tmp_path}/nope"], \
+    assert error_lines(output, "pretrain") == [f"pretrain: data.valid: source folder not found: {tmp_path}/nope"], (
         output[-3000:]
+    )
     assert "Traceback" not in output
     assert not (tmp_path / "out" / "checkpoints").exists()
 
@@ -51,9 +69,19 @@ def test_two_ranks_missing_valid_data_is_one_line_from_rank_0(shards, tmp_path):
 def test_torchrun_model_name_typo_is_one_line_and_every_rank_exits_2(shards, tmp_path):
     """torchrun reports any rank's failure as its own exit code 1 with a traceback of the launcher itself
     (ChildFailedError); what is ours: one error line (rank 0's), each rank's exit code 2, no rank's traceback."""
-    rc, output = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                      str(free_port()), PRETRAIN,
-                      *overrides(shards, tmp_path / "out", "model.name=ViT-Tiny-16@RoBERTa-Tiny-chinee")])
+    rc, output = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            PRETRAIN,
+            *overrides(shards, tmp_path / "out", "model.name=ViT-Tiny-16@RoBERTa-Tiny-chinee"),
+        ]
+    )
     assert rc == 1, output[-3000:]
     lines = error_lines(output, "pretrain")
     assert len(lines) == 1 and lines[0].startswith("pretrain: config error: model.name: unknown text tower"), output
@@ -92,8 +120,9 @@ def test_crafted_optimizer_states_are_refused_in_one_line(shards, tmp_path):
     rc, output = run([sys.executable, PRETRAIN, *overrides(shards, out, "optim.max_steps=4")])
     assert rc == 2, output[-3000:]
     lines = error_lines(output, "pretrain")
-    assert len(lines) == 1 and lines[0].startswith(f"pretrain: checkpoint {tag}: refused: a file holds more than "
-                                                   "tensors"), output[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"pretrain: checkpoint {tag}: refused: a file holds more than tensors"
+    ), output[-3000:]
     assert "Traceback" not in output and not marker.exists()
 
 
@@ -103,8 +132,10 @@ def test_wrong_s3_secret_is_one_line_in_pretrain_and_evaluate(shards, s3_server,
     fs = s3_server.filesystem()
     fs.put(str(shards / "train"), f"{bucket}/train", recursive=True)
     wrong = dict(s3_server.env(), AWS_SECRET_ACCESS_KEY="not-the-secret")
-    rc, output = run([sys.executable, PRETRAIN, *overrides(f"s3://{bucket}", tmp_path / "out", "optim.max_steps=1")],
-                     env=train_env(**wrong))
+    rc, output = run(
+        [sys.executable, PRETRAIN, *overrides(f"s3://{bucket}", tmp_path / "out", "optim.max_steps=1")],
+        env=train_env(**wrong),
+    )
     lines = error_lines(output, "pretrain")
     assert rc == 2 and len(lines) == 1 and "access denied at s3://" in lines[0], output[-3000:]
     assert "Traceback" not in output
@@ -113,9 +144,24 @@ def test_wrong_s3_secret_is_one_line_in_pretrain_and_evaluate(shards, s3_server,
 
     model = build_model(model_config("ViT-Tiny-16@RoBERTa-Tiny-chinese"))
     write_checkpoint(model.state_dict(), model.config, checkpoint, "native")
-    rc, output = run([sys.executable, EVALUATE, "--checkpoint", str(checkpoint), "--data", f"s3://{bucket}/train",
-                      "--split", "train", "--output", str(tmp_path / "eval"), "--workers", "0", "--no-report"],
-                     env=train_env(**wrong))
+    rc, output = run(
+        [
+            sys.executable,
+            EVALUATE,
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            f"s3://{bucket}/train",
+            "--split",
+            "train",
+            "--output",
+            str(tmp_path / "eval"),
+            "--workers",
+            "0",
+            "--no-report",
+        ],
+        env=train_env(**wrong),
+    )
     lines = error_lines(output, "evaluate")
     assert rc == 2 and len(lines) == 1 and "--data: access denied at s3://" in lines[0], output[-3000:]
     assert "Traceback" not in output

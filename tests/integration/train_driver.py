@@ -5,6 +5,7 @@
 PLAN: a list of {"name", "overrides": [...], "resume_from": {"dir": OUT_DIR_OF_EARLIER_SCENARIO, "step": N},
 "nan_at_step": N}. Each scenario's rank 0 writes OUTPUT_DIR/result.json ({"ok": true, summary} or the error).
 """
+
 import json
 import shutil
 import sys
@@ -38,6 +39,7 @@ def nan_after(step: int):
         if calls["n"] >= step:
             out["loss"] = out["loss"] * float("nan")
         return out
+
     return poisoned
 
 

@@ -7,6 +7,7 @@ load it, take the one step SRC took after saving (same global batch, split over 
 fp32 weights and Adam moments as ``ROOT/stageS/resumed.safetensors``; then (always) train 3 steps, save a checkpoint,
 take one more step and write ``ROOT/stageS/continued.safetensors``. The test compares resumed with SRC's continued.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -67,9 +68,18 @@ def build(stage: int, universal: bool):
     torch.manual_seed(0)
     model = build_model(model_config(TINY))
     model.eval()  # no dropout: the step after a resume must equal the step the first run took
-    cfg = load_config(None, [f"deepspeed.zero_stage={stage}", "deepspeed.precision=fp32",
-                             f"data.batch_size={GLOBAL_BATCH // dist.get_world_size()}", "optim.max_steps=100",
-                             "optim.warmup=2", "optim.lr=1e-2", "optim.wd=0.1"])
+    cfg = load_config(
+        None,
+        [
+            f"deepspeed.zero_stage={stage}",
+            "deepspeed.precision=fp32",
+            f"data.batch_size={GLOBAL_BATCH // dist.get_world_size()}",
+            "optim.max_steps=100",
+            "optim.warmup=2",
+            "optim.lr=1e-2",
+            "optim.wd=0.1",
+        ],
+    )
     return eng.build_engine(model, cfg, max_steps=100, load_universal=universal)
 
 

@@ -34,7 +34,9 @@ def test_padding_does_not_change_text_features(tiny_model, tokenizer):
     short, short_mask = tokenizer(["红色的苹果"], context_length=12)
     long, long_mask = tokenizer(["红色的苹果"], context_length=52)
     with torch.no_grad():
-        assert torch.allclose(tiny_model.encode_text(short, short_mask), tiny_model.encode_text(long, long_mask), atol=1e-6)
+        assert torch.allclose(
+            tiny_model.encode_text(short, short_mask), tiny_model.encode_text(long, long_mask), atol=1e-6
+        )
 
 
 def _grads(model, batch, seed):
@@ -43,7 +45,9 @@ def _grads(model, batch, seed):
     img, txt, scale = model(*batch)
     logits = scale * img @ txt.t()
     labels = torch.arange(len(img))
-    loss = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels)) / 2
+    loss = (
+        torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels)
+    ) / 2
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

@@ -1,5 +1,6 @@
 """Every registry entry builds with the released family's sizes; counts are checked against an independent formula
 and against transformers' own ChineseCLIPModel built from the same sizes."""
+
 import pytest
 import torch
 from transformers import ChineseCLIPConfig, ChineseCLIPModel
@@ -57,11 +58,21 @@ def test_family_sizes():
 
 
 def test_registered_name_round_trip():
-    assert match_registered_name(model_config("ViT-L-14@RoBERTa-wwm-ext-base-chinese")) == "ViT-L-14@RoBERTa-wwm-ext-base-chinese"
+    assert (
+        match_registered_name(model_config("ViT-L-14@RoBERTa-wwm-ext-base-chinese"))
+        == "ViT-L-14@RoBERTa-wwm-ext-base-chinese"
+    )
 
 
-@pytest.mark.parametrize("bad, message", [("ViT-B-16", "must be '<vision>@<text>'"), ("ViT-X@RBT3-chinese", "unknown vision"),
-                                          ("ViT-B-16@GPT", "unknown text"), ("RN50@RBT3-chinese", "ResNet")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("ViT-B-16", "must be '<vision>@<text>'"),
+        ("ViT-X@RBT3-chinese", "unknown vision"),
+        ("ViT-B-16@GPT", "unknown text"),
+        ("RN50@RBT3-chinese", "ResNet"),
+    ],
+)
 def test_bad_names_say_what_is_wrong(bad, message):
     with pytest.raises(ValueError, match=message):
         model_config(bad)

@@ -5,6 +5,7 @@ The counter runs with SDPA's math backend: on CPU the default backend is the CPU
 while the math backend decomposes attention into the two batched products the formula counts (on GPUs the fused
 kernels have formulas of their own; benchmarks/bench_gpu.py checks those).
 """
+
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -23,7 +24,7 @@ def _inputs(config, batch: int, context_length: int):
     images = torch.randn(batch, 3, size, size, generator=g)
     ids = torch.randint(1000, config.text.vocab_size, (batch, context_length), generator=g)
     mask = torch.ones_like(ids)
-    mask[:, context_length // 2:] = 0  # padded captions, as the tokenizer gives: attention still spans them all
+    mask[:, context_length // 2 :] = 0  # padded captions, as the tokenizer gives: attention still spans them all
     return images, ids, mask
 
 
@@ -67,7 +68,7 @@ def test_training_flops_match_the_counter(grad_checkpointing):
         image_features, text_features, scale = model(*inputs)
         logits = scale * image_features @ text_features.t()
         labels = torch.arange(batch)
-        loss = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels))
+        loss = torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels)
         loss.backward()
 
     counted = _counted(step)

@@ -1,4 +1,5 @@
 """The rename tables: both directions, against the keys the reference implementations write themselves."""
+
 import subprocess
 import sys
 
@@ -34,8 +35,11 @@ def test_hf_qkv_are_split_in_order(tiny_model):
 def test_hf_missing_qkv_part_is_named(tiny_model):
     hf = from_native(tiny_model.state_dict(), "hf")
     del hf["vision_model.encoder.layers.1.self_attn.k_proj.bias"]
-    with pytest.raises(WeightsError, match=r"visual\.blocks\.1\.attn\.qkv\.bias needs .*layers\.1\.self_attn\.k_proj"
-                                           r"\.bias.*found only the q/v part"):
+    with pytest.raises(
+        WeightsError,
+        match=r"visual\.blocks\.1\.attn\.qkv\.bias needs .*layers\.1\.self_attn\.k_proj"
+        r"\.bias.*found only the q/v part",
+    ):
         to_native(hf, "hf")
 
 
@@ -53,10 +57,12 @@ def test_unknown_format_is_a_weights_error(tiny_model):
 
 def test_no_model_module_imports_deepspeed():
     """The model package stays usable (and light) without DeepSpeed: only cnclip_scale.checkpoints may import it."""
-    code = ("import pkgutil, importlib, sys, cnclip_scale.model as m\n"
-            "names = [f'cnclip_scale.model.{i.name}' for i in pkgutil.iter_modules(m.__path__)]\n"
-            "[importlib.import_module(n) for n in names]\n"
-            "assert 'cnclip_scale.model.weights' in sys.modules and 'cnclip_scale.model.formats' in sys.modules\n"
-            "print(sorted(n for n in sys.modules if n.split('.')[0] == 'deepspeed'))")
+    code = (
+        "import pkgutil, importlib, sys, cnclip_scale.model as m\n"
+        "names = [f'cnclip_scale.model.{i.name}' for i in pkgutil.iter_modules(m.__path__)]\n"
+        "[importlib.import_module(n) for n in names]\n"
+        "assert 'cnclip_scale.model.weights' in sys.modules and 'cnclip_scale.model.formats' in sys.modules\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] == 'deepspeed'))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

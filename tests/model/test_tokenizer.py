@@ -1,4 +1,5 @@
 """Our fast tokenizer must give exactly the ids of Chinese-CLIP's reference FullTokenizer (cn_clip.clip.tokenize)."""
+
 import hashlib
 import random
 
@@ -10,21 +11,53 @@ from cnclip_scale.model import Tokenizer
 from cnclip_scale.model.tokenizer import default_vocab_file
 
 CORPUS = [
-    "高级感托特包斜挎", "一只橘猫趴在窗台上晒太阳", "", "   ", "Hello World", "HELLO world, It's 9:30 a.m.!",
-    "2022新款夏季连衣裙 L码 XL码", "价格￥199.00，包邮！！！", "ＡＢＣ全角字母１２３和全角标点：；“引号”（括号）",
-    "emoji 😀👍🏽🇨🇳 表情", "café naïve façade Ångström", "日本語のテキストとカタカナ", "한국어 텍스트",
-    "tab\tand\nnewline\r\nand\u3000ideographic space", "zero\u200bwidth\ufeffchars", "control\x00\x07chars",
-    "数学符号 ∑∫√∞ ≤ ≥ ≠ ±", "url https://example.com/a?b=c&d=e", "email someone@example.cn", "#话题# @用户 【活动】",
-    "a" * 150, "b" * 250, "supercalifragilisticexpialidocious antidisestablishmentarianism",
-    "很长的句子" * 40, "繁體中文與簡體中文混合", "123456789012345678901234567890", "C++/C#/.NET 工程师",
-    "﹏﹏ 特殊符号 ※ § ¶ † ‡ • … ‰", "Ⅻ罗马数字 ①②③ 圈号", "\U00020000\U0002a6d6 扩展B区汉字",
+    "高级感托特包斜挎",
+    "一只橘猫趴在窗台上晒太阳",
+    "",
+    "   ",
+    "Hello World",
+    "HELLO world, It's 9:30 a.m.!",
+    "2022新款夏季连衣裙 L码 XL码",
+    "价格￥199.00，包邮！！！",
+    "ＡＢＣ全角字母１２３和全角标点：；“引号”（括号）",
+    "emoji 😀👍🏽🇨🇳 表情",
+    "café naïve façade Ångström",
+    "日本語のテキストとカタカナ",
+    "한국어 텍스트",
+    "tab\tand\nnewline\r\nand\u3000ideographic space",
+    "zero\u200bwidth\ufeffchars",
+    "control\x00\x07chars",
+    "数学符号 ∑∫√∞ ≤ ≥ ≠ ±",
+    "url https://example.com/a?b=c&d=e",
+    "email someone@example.cn",
+    "#话题# @用户 【活动】",
+    "a" * 150,
+    "b" * 250,
+    "supercalifragilisticexpialidocious antidisestablishmentarianism",
+    "很长的句子" * 40,
+    "繁體中文與簡體中文混合",
+    "123456789012345678901234567890",
+    "C++/C#/.NET 工程师",
+    "﹏﹏ 特殊符号 ※ § ¶ † ‡ • … ‰",
+    "Ⅻ罗马数字 ①②③ 圈号",
+    "\U00020000\U0002a6d6 扩展B区汉字",
 ]
 
 
 def random_corpus(n=300, seed=0):
     rng = random.Random(seed)
-    ranges = [(0x20, 0x7E), (0x4E00, 0x9FFF), (0x3000, 0x303F), (0xFF00, 0xFFEF), (0x00C0, 0x024F),
-              (0x1F300, 0x1F64F), (0x0370, 0x03FF), (0x2000, 0x206F), (0x3040, 0x30FF), (0x0400, 0x04FF)]
+    ranges = [
+        (0x20, 0x7E),
+        (0x4E00, 0x9FFF),
+        (0x3000, 0x303F),
+        (0xFF00, 0xFFEF),
+        (0x00C0, 0x024F),
+        (0x1F300, 0x1F64F),
+        (0x0370, 0x03FF),
+        (0x2000, 0x206F),
+        (0x3040, 0x30FF),
+        (0x0400, 0x04FF),
+    ]
     texts = []
     for _ in range(n):
         parts = []

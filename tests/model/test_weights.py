@@ -2,6 +2,7 @@
 
 Parity is checked against two independent implementations: Chinese-CLIP's own reference model (cn_clip 1.6.0) and
 transformers' ChineseCLIPModel, both randomly initialised at tiny sizes."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -26,12 +27,24 @@ def reference_tiny() -> ReferenceCLIP:
     v, t = cfg.vision, cfg.text
     torch.manual_seed(1)
     return ReferenceCLIP(
-        embed_dim=v.embed_dim, image_resolution=v.image_size, vision_layers=v.layers, vision_width=v.width,
-        vision_patch_size=v.patch_size, vision_head_width=v.head_width, vocab_size=t.vocab_size,
-        text_attention_probs_dropout_prob=0.1, text_hidden_act="gelu", text_hidden_dropout_prob=0.1,
-        text_hidden_size=t.hidden_size, text_initializer_range=0.02, text_intermediate_size=t.intermediate_size,
-        text_max_position_embeddings=t.max_position_embeddings, text_num_attention_heads=t.heads,
-        text_num_hidden_layers=t.layers, text_type_vocab_size=t.type_vocab_size).eval()
+        embed_dim=v.embed_dim,
+        image_resolution=v.image_size,
+        vision_layers=v.layers,
+        vision_width=v.width,
+        vision_patch_size=v.patch_size,
+        vision_head_width=v.head_width,
+        vocab_size=t.vocab_size,
+        text_attention_probs_dropout_prob=0.1,
+        text_hidden_act="gelu",
+        text_hidden_dropout_prob=0.1,
+        text_hidden_size=t.hidden_size,
+        text_initializer_range=0.02,
+        text_intermediate_size=t.intermediate_size,
+        text_max_position_embeddings=t.max_position_embeddings,
+        text_num_attention_heads=t.heads,
+        text_num_hidden_layers=t.layers,
+        text_type_vocab_size=t.type_vocab_size,
+    ).eval()
 
 
 def save_official(model: torch.nn.Module, path: Path) -> Path:
@@ -98,15 +111,30 @@ def test_hf_import_matches_transformers(tmp_path, batch):
 
 def test_hf_export_loads_in_transformers(tmp_path, tiny_model, batch, tokenizer, captions):
     images, ids, mask = batch
-    subprocess.run([sys.executable, str(REPO / "tools/convert_checkpoint.py"), str(_native(tmp_path, tiny_model)),
-                    str(tmp_path / "hf"), "--to", "hf"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools/convert_checkpoint.py"),
+            str(_native(tmp_path, tiny_model)),
+            str(tmp_path / "hf"),
+            "--to",
+            "hf",
+        ],
+        check=True,
+    )
     hf = ChineseCLIPModel.from_pretrained(tmp_path / "hf").eval()
     tiny_model.eval()
     with torch.no_grad():
-        assert torch.allclose(tiny_model.encode_image(images),
-                              F.normalize(hf.get_image_features(pixel_values=images).pooler_output, dim=-1), atol=TOL)
-        assert torch.allclose(tiny_model.encode_text(ids, mask), F.normalize(
-            hf.get_text_features(input_ids=ids, attention_mask=mask.long()).pooler_output, dim=-1), atol=TOL)
+        assert torch.allclose(
+            tiny_model.encode_image(images),
+            F.normalize(hf.get_image_features(pixel_values=images).pooler_output, dim=-1),
+            atol=TOL,
+        )
+        assert torch.allclose(
+            tiny_model.encode_text(ids, mask),
+            F.normalize(hf.get_text_features(input_ids=ids, attention_mask=mask.long()).pooler_output, dim=-1),
+            atol=TOL,
+        )
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     for text, row in zip(captions, ids):
         assert hf_tok(text)["input_ids"] == row[row.ne(0)].tolist()
@@ -138,10 +166,14 @@ def test_official_file_round_trip_is_exact(tmp_path):
     src = save_official(ref, tmp_path / "official.pt")
     cli = [sys.executable, str(REPO / "tools/convert_checkpoint.py")]
     subprocess.run(cli + [str(src), str(tmp_path / "hf"), "--to", "hf"], check=True, capture_output=True)
-    subprocess.run(cli + [str(tmp_path / "hf"), str(tmp_path / "n.safetensors"), "--to", "native"], check=True,
-                   capture_output=True)
-    subprocess.run(cli + [str(tmp_path / "n.safetensors"), str(tmp_path / "back.pt"), "--to", "official"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        cli + [str(tmp_path / "hf"), str(tmp_path / "n.safetensors"), "--to", "native"], check=True, capture_output=True
+    )
+    subprocess.run(
+        cli + [str(tmp_path / "n.safetensors"), str(tmp_path / "back.pt"), "--to", "official"],
+        check=True,
+        capture_output=True,
+    )
     back = torch.load(tmp_path / "back.pt", weights_only=True)["state_dict"]
     assert_same_tensors({k.removeprefix("module."): v for k, v in back.items()}, ref.state_dict())
 
@@ -151,8 +183,11 @@ def test_format_is_read_from_the_content_not_the_name(tmp_path, tiny_model):
     src = save_official(reference_tiny(), tmp_path / "official.pt")
     cli = [sys.executable, str(REPO / "tools/convert_checkpoint.py")]
     subprocess.run(cli + [str(src), str(tmp_path / "model.pt"), "--to", "native"], check=True, capture_output=True)
-    subprocess.run(cli + [str(tmp_path / "model.pt"), str(tmp_path / "back.safetensors"), "--to", "official"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        cli + [str(tmp_path / "model.pt"), str(tmp_path / "back.safetensors"), "--to", "official"],
+        check=True,
+        capture_output=True,
+    )
     assert detect_format(tmp_path / "model.pt") == "native"
     assert detect_format(tmp_path / "back.safetensors") == "official"
     with open(tmp_path / "back.safetensors", "rb") as f:  # torch.load(path) would pick safetensors by the name
@@ -173,8 +208,9 @@ def test_shape_mismatch_is_named(tmp_path, tiny_model):
     write_checkpoint(tiny_model.state_dict(), tiny_model.config, tmp_path / "tiny.pt", "official")
     sd, _, _ = read_checkpoint(tmp_path / "tiny.pt")
     bigger = build_model(model_config("ViT-Tiny-16@RoBERTa-Tiny-chinese", image_size=96))
-    with pytest.raises(WeightsError,
-                       match=r"shape mismatch: visual\.pos_embed: checkpoint \(1, 17, 64\) vs model \(1, 37, 64\)"):
+    with pytest.raises(
+        WeightsError, match=r"shape mismatch: visual\.pos_embed: checkpoint \(1, 17, 64\) vs model \(1, 37, 64\)"
+    ):
         load_native_into(bigger, sd)
 
 
@@ -192,23 +228,47 @@ def test_pickled_code_is_never_executed(tmp_path):
     with pytest.raises(WeightsError, match="not loadable as a weights-only torch checkpoint"):
         read_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
-    result = subprocess.run([sys.executable, str(REPO / "tools/convert_checkpoint.py"), str(tmp_path / "evil.pt"),
-                             str(tmp_path / "out.safetensors"), "--to", "native"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools/convert_checkpoint.py"),
+            str(tmp_path / "evil.pt"),
+            str(tmp_path / "out.safetensors"),
+            "--to",
+            "native",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and not marker.exists()
     assert result.stderr.count("\n") == 1 and "evil.pt" in result.stderr
 
 
 def test_cli_one_line_error_for_missing_source(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "tools/convert_checkpoint.py"), str(tmp_path / "nope.pt"),
-                             str(tmp_path / "x"), "--to", "hf"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools/convert_checkpoint.py"),
+            str(tmp_path / "nope.pt"),
+            str(tmp_path / "x"),
+            "--to",
+            "hf",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == f"convert_checkpoint: error: {tmp_path / 'nope.pt'}: no such file or directory"
 
 
 def _damaged_safetensors(tmp_path, tiny_model) -> dict[str, Path]:
     good = _native(tmp_path, tiny_model).read_bytes()
-    files = {"truncated": good[: len(good) // 2], "empty": b"", "garbage": b"\x00\xffnot a safetensors file" * 10,
-             "header-only": good[:8]}
+    files = {
+        "truncated": good[: len(good) // 2],
+        "empty": b"",
+        "garbage": b"\x00\xffnot a safetensors file" * 10,
+        "header-only": good[:8],
+    }
     paths = {}
     for name, data in files.items():
         paths[name] = tmp_path / f"{name}.safetensors"
@@ -224,8 +284,12 @@ def test_damaged_safetensors_is_a_weights_error_naming_the_file(tmp_path, tiny_m
 
 def test_cli_one_line_error_for_damaged_safetensors(tmp_path, tiny_model):
     path = _damaged_safetensors(tmp_path, tiny_model)["truncated"]
-    result = subprocess.run([sys.executable, str(REPO / "tools/convert_checkpoint.py"), str(path),
-                             str(tmp_path / "out"), "--to", "hf"], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools/convert_checkpoint.py"), str(path), str(tmp_path / "out"), "--to", "hf"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"convert_checkpoint: error: {path}: not a readable safetensors file")

@@ -1,4 +1,4 @@
-"""Fixtures for the shard converter tests: generated seed-layout data (real photos). Readers: tests/helpers/shards.py."""
+"""Fixtures for the shard converter tests: generated seed-layout data (real photos); readers in tests/helpers."""
 
 import pytest
 

@@ -1,4 +1,5 @@
 """Seed TSV/JSONL -> shards on local disk: exact rejects, exact accounting, byte-exact read-back."""
+
 import base64
 import json
 import tarfile
@@ -35,7 +36,8 @@ def test_every_bad_kind_is_rejected_with_its_reason_and_nothing_else(bad_seed, t
     assert manifest["rejects"]["images"] == {r: 1 for _, _, _, r in expected[:8]}
     # The good records, URL-safe base64 included, come back byte for byte with their captions.
     assert image_samples(read_tar_samples(shard_paths(out / "train"))) == {
-        i: (data, truth["train"].captions()[i]) for i, data in truth["train"].images.items()}
+        i: (data, truth["train"].captions()[i]) for i, data in truth["train"].images.items()
+    }
 
 
 def test_rejects_name_file_line_and_reason_on_the_console(bad_seed, tmp_path):
@@ -58,8 +60,7 @@ def test_plain_webdataset_and_tarfile_read_back_the_input(clean_seed, tmp_path):
         assert len(paths) == -(-len(seed.images) // 6)
         via_tarfile = image_samples(read_tar_samples(paths))
         dataset = wds.WebDataset([str(p) for p in paths], shardshuffle=False)
-        via_wds = image_samples({s["__key__"]: {k: v for k, v in s.items() if not k.startswith("__")}
-                                 for s in dataset})
+        via_wds = image_samples({s["__key__"]: {k: v for k, v in s.items() if not k.startswith("__")} for s in dataset})
         expected = {i: (data, seed.captions()[i]) for i, data in seed.images.items()}
         assert via_tarfile == expected and via_wds == expected
         manifest = json.loads((out / split / "manifest.json").read_text())
@@ -68,18 +69,31 @@ def test_plain_webdataset_and_tarfile_read_back_the_input(clean_seed, tmp_path):
         assert manifest["totals"]["pairs"] == sum(len(t["image_ids"]) for t in seed.texts)
         for entry in manifest["shards"]:  # stats agree with the tar on disk
             stats = json.loads((out / split / entry["shard"].replace(".tar", ".stats.json")).read_text())
-            assert stats["sha256"] == entry["sha256"] and stats["bytes"] == (out / split / entry["shard"]).stat().st_size
+            assert (
+                stats["sha256"] == entry["sha256"] and stats["bytes"] == (out / split / entry["shard"]).stat().st_size
+            )
 
 
 def test_group_pair_is_exactly_chinese_clip_training_pairs(clean_seed, tmp_path):
     root, truth = clean_seed
     out = tmp_path / "out"
-    assert convert("--src", root, "--dst", out, "--splits", "train", "--group", "pair", "--samples-per-shard", "10") == 0
+    assert (
+        convert("--src", root, "--dst", out, "--splits", "train", "--group", "pair", "--samples-per-shard", "10") == 0
+    )
     samples = read_tar_samples(shard_paths(out / "train"))
-    got = sorted((str(json.loads(s["json"])["image_id"]), json.loads(s["json"])["texts"][0]["text_id"],
-                  json.loads(s["json"])["texts"][0]["text"], s["jpg"]) for s in samples.values())
+    got = sorted(
+        (
+            str(json.loads(s["json"])["image_id"]),
+            json.loads(s["json"])["texts"][0]["text_id"],
+            json.loads(s["json"])["texts"][0]["text"],
+            s["jpg"],
+        )
+        for s in samples.values()
+    )
     seed = truth["train"]
-    assert got == sorted((str(i), t["text_id"], t["text"], seed.images[str(i)]) for t in seed.texts for i in t["image_ids"])
+    assert got == sorted(
+        (str(i), t["text_id"], t["text"], seed.images[str(i)]) for t in seed.texts for i in t["image_ids"]
+    )
 
 
 def test_workers_do_not_change_the_shards(clean_seed, tmp_path):
@@ -87,8 +101,12 @@ def test_workers_do_not_change_the_shards(clean_seed, tmp_path):
     digests = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        assert convert("--src", root, "--dst", out, "--splits", "train", "--samples-per-shard", "7",
-                     "--workers", str(workers)) == 0
+        assert (
+            convert(
+                "--src", root, "--dst", out, "--splits", "train", "--samples-per-shard", "7", "--workers", str(workers)
+            )
+            == 0
+        )
         manifest = json.loads((out / "train" / "manifest.json").read_text())
         digests.append([(s["shard"], s["sha256"]) for s in manifest["shards"]])
     assert digests[0] == digests[1] and len(digests[0]) == 6
@@ -98,9 +116,13 @@ def test_shard_byte_limit_and_odd_ids_make_safe_unique_keys(tmp_path):
     seed = write_seed_split(str(tmp_path / "seed"), "train", 6, size=96)
     lines = (tmp_path / "seed" / "train_imgs.tsv").read_text().splitlines()
     odd = ["a.b/c", "a_2Eb_2Fc", "图片 1", "x" * 120, "-", "a.b/c.d"]
-    (tmp_path / "seed" / "train_imgs.tsv").write_text("".join(f"{i}\t{l.split(chr(9))[1]}\n" for i, l in zip(odd, lines)))
+    (tmp_path / "seed" / "train_imgs.tsv").write_text(
+        "".join(f"{i}\t{line.split(chr(9))[1]}\n" for i, line in zip(odd, lines))
+    )
     texts = [{"text_id": f"t.{k}", "text": f"说明{k}", "image_ids": [i]} for k, i in enumerate(odd)]
-    (tmp_path / "seed" / "train_texts.jsonl").write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts))
+    (tmp_path / "seed" / "train_texts.jsonl").write_text(
+        "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts)
+    )
     out = tmp_path / "out"
     assert convert("--src", tmp_path / "seed", "--dst", out, "--splits", "train", "--max-shard-bytes", "7000") == 0
     paths = shard_paths(out / "train")
@@ -168,15 +190,19 @@ def test_text_id_1_and_string_1_are_one_id(tmp_path, group):
     truth = write_seed_split(str(src), "train", 4, size=32, first_text_id=1)
     ids = list(truth.images)
     with open(src / "train_texts.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps({"text_id": "1", "text": "另一段文字", "image_ids": [int(ids[0]), int(ids[1])]},
-                           ensure_ascii=False) + "\n")
+        f.write(
+            json.dumps(
+                {"text_id": "1", "text": "另一段文字", "image_ids": [int(ids[0]), int(ids[1])]}, ensure_ascii=False
+            )
+            + "\n"
+        )
     line = len(truth.texts) + 1
     out = tmp_path / "out"
     assert convert("--src", src, "--dst", out, "--splits", "train", "--group", group) == 0
     assert reject_tuples(out / "train") == [("text", "train_texts.jsonl", line, "duplicate_text_id")]
     manifest = json.loads((out / "train" / "manifest.json").read_text())
     assert manifest["records"]["texts"] == {"input": line, "written": line - 1, "rejected": 1}
-    samples = read_tar_samples(shard_paths(out / "train"))       # asserts no member name twice
+    samples = read_tar_samples(shard_paths(out / "train"))  # asserts no member name twice
     assert len(samples) == manifest["totals"]["samples"]
     texts = {(str(t["text_id"]), t["text"]) for s in samples.values() for t in json.loads(s["json"])["texts"]}
     assert ("1", "另一段文字") not in texts and ("1", truth.texts[0]["text"]) in texts
@@ -195,8 +221,10 @@ def test_an_empty_split_converts_to_zero_shards_with_a_warning(clean_seed, tmp_p
     (src / "valid_texts.jsonl").write_bytes(b"")
     result = run_tool("--src", src, "--dst", tmp_path / "out", "--splits", "train,valid", "--no-progress")
     assert result.returncode == 0, result.stderr
-    warning = ("to_shards: warning: valid: 0 shards written: the split is empty (0 image records in valid_imgs.tsv, "
-               "0 text records in valid_texts.jsonl)")
+    warning = (
+        "to_shards: warning: valid: 0 shards written: the split is empty (0 image records in valid_imgs.tsv, "
+        "0 text records in valid_texts.jsonl)"
+    )
     assert [line for line in result.stderr.splitlines() if "warning" in line] == [warning]
     manifest = json.loads((tmp_path / "out" / "valid" / "manifest.json").read_text())
     assert manifest["totals"]["shards"] == 0 and manifest["shards"] == []
@@ -208,8 +236,10 @@ def test_a_src_that_is_a_file_is_reported_as_a_file(clean_seed, tmp_path):
     root, _ = clean_seed
     result = run_tool("--src", root / "train_imgs.tsv", "--dst", tmp_path / "out", "--splits", "train")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == (f"to_shards: error: --src {root / 'train_imgs.tsv'} is a file, not a folder: "
-                                     f"pass the folder that holds train_imgs.tsv and train_texts.jsonl (or lmdb/)")
+    assert result.stderr.strip() == (
+        f"to_shards: error: --src {root / 'train_imgs.tsv'} is a file, not a folder: "
+        f"pass the folder that holds train_imgs.tsv and train_texts.jsonl (or lmdb/)"
+    )
     assert not (tmp_path / "out").exists()
 
 

@@ -1,4 +1,5 @@
 """inspect_shards: counts, sha256 check against the stats, sample preview, contact sheet."""
+
 import json
 
 from PIL import Image
@@ -47,10 +48,12 @@ def test_inspect_names_the_file_and_field_of_an_impossible_manifest_or_stats(cle
     assert convert("--src", root, "--dst", out, "--splits", "valid", "--samples-per-shard", "5") == 0
     manifest_path = out / "valid" / "manifest.json"
     good = json.loads(manifest_path.read_text())
-    for edit, field in ((lambda m: m.pop("shards"), "field shards is missing"),
-                        (lambda m: m["shards"][1].update(samples=-3), "field shards[1].samples must be a non-negative"),
-                        (lambda m: m["totals"].update(samples="12"), "field totals.samples must be a non-negative"),
-                        (lambda m: m["records"]["images"].pop("written"), "field records.images.written is missing")):
+    for edit, field in (
+        (lambda m: m.pop("shards"), "field shards is missing"),
+        (lambda m: m["shards"][1].update(samples=-3), "field shards[1].samples must be a non-negative"),
+        (lambda m: m["totals"].update(samples="12"), "field totals.samples must be a non-negative"),
+        (lambda m: m["records"]["images"].pop("written"), "field records.images.written is missing"),
+    ):
         broken = json.loads(json.dumps(good))
         edit(broken)
         manifest_path.write_text(json.dumps(broken))
@@ -63,8 +66,9 @@ def test_inspect_names_the_file_and_field_of_an_impossible_manifest_or_stats(cle
     stats_path.write_text(json.dumps({**json.loads(stats_path.read_text()), "samples": -5}))
     result = run_inspect(out / "valid", "--verify")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == (f"inspect_shards: error: {stats_path}: field samples must be a non-negative "
-                                     f"integer, got -5")
+    assert result.stderr.strip() == (
+        f"inspect_shards: error: {stats_path}: field samples must be a non-negative integer, got -5"
+    )
 
 
 def test_inspect_names_a_symlink_member_instead_of_blaming_the_folder(clean_seed, tmp_path):
@@ -90,8 +94,10 @@ def test_inspect_names_a_symlink_member_instead_of_blaming_the_folder(clean_seed
     manifest_path.write_text(json.dumps(manifest))
     shown = run_inspect(out / "valid", "--show", "1")
     assert shown.returncode == 2 and "Traceback" not in shown.stderr, shown.stderr
-    assert shown.stderr.strip() == (f"inspect_shards: error: {shard}: member evil.jpg is a symbolic link, not a "
-                                    f"file (to_shards writes regular files only)")
+    assert shown.stderr.strip() == (
+        f"inspect_shards: error: {shard}: member evil.jpg is a symbolic link, not a "
+        f"file (to_shards writes regular files only)"
+    )
     verified = run_inspect(out / "valid", "--verify")
     assert verified.returncode == 1 and "Traceback" not in verified.stderr
     assert "PROBLEM valid-000000.tar: member evil.jpg is a symbolic link" in verified.stdout

@@ -1,4 +1,5 @@
 """Chinese-CLIP's LMDB (made by its own build_lmdb_dataset.py) -> the same shards' samples as the TSV."""
+
 import json
 import os
 import pickle
@@ -31,9 +32,26 @@ def test_lmdb_gives_the_same_samples_as_the_tsv(seed_with_lmdb, tmp_path):
     root, truth, lmdb_dir = seed_with_lmdb
     for group in ("image", "pair"):
         via_tsv, via_lmdb = tmp_path / f"tsv-{group}", tmp_path / f"lmdb-{group}"
-        assert convert("--src", root, "--from", "tsv", "--dst", via_tsv, "--splits", "train,valid", "--group", group) == 0
-        assert convert("--src", lmdb_dir, "--dst", via_lmdb, "--splits", "train,valid", "--group", group,
-                       "--workers", "2", "--samples-per-shard", "9") == 0
+        assert (
+            convert("--src", root, "--from", "tsv", "--dst", via_tsv, "--splits", "train,valid", "--group", group) == 0
+        )
+        assert (
+            convert(
+                "--src",
+                lmdb_dir,
+                "--dst",
+                via_lmdb,
+                "--splits",
+                "train,valid",
+                "--group",
+                group,
+                "--workers",
+                "2",
+                "--samples-per-shard",
+                "9",
+            )
+            == 0
+        )
         for split in ("train", "valid"):
             a = read_tar_samples(shard_paths(via_tsv / split))
             b = read_tar_samples(shard_paths(via_lmdb / split))
@@ -61,13 +79,23 @@ def test_crafted_pickle_and_bad_image_in_lmdb_are_rejected_and_listed(seed_with_
     out = tmp_path / "out"
     assert convert("--src", root, "--from", "lmdb", "--dst", out, "--splits", "train") == 0
     assert not marker.exists()
-    assert reject_tuples(out / "train") == sorted([
-        ("image", "lmdb/train/imgs", "1000001", "invalid_base64"),
-        ("pair", "lmdb/train/pairs", str(n), "unsafe_pickle"),
-        ("pair", "lmdb/train/pairs", str(n + 1), "bad_pair"),
-        *[("pair", "lmdb/train/pairs", str(k), "image_rejected") for k in range(n)
-          if pickle.loads(lmdb.open(os.path.join(lmdb_dir, "train", "pairs"), readonly=True, lock=False)
-                          .begin().get(str(k).encode()))[0] == 1000001]])
+    assert reject_tuples(out / "train") == sorted(
+        [
+            ("image", "lmdb/train/imgs", "1000001", "invalid_base64"),
+            ("pair", "lmdb/train/pairs", str(n), "unsafe_pickle"),
+            ("pair", "lmdb/train/pairs", str(n + 1), "bad_pair"),
+            *[
+                ("pair", "lmdb/train/pairs", str(k), "image_rejected")
+                for k in range(n)
+                if pickle.loads(
+                    lmdb.open(os.path.join(lmdb_dir, "train", "pairs"), readonly=True, lock=False)
+                    .begin()
+                    .get(str(k).encode())
+                )[0]
+                == 1000001
+            ],
+        ]
+    )
     records = json.loads((out / "train" / "manifest.json").read_text())["records"]
     assert records["pairs"]["input"] == n + 2 and records["images"]["rejected"] == 1
     assert all(row["input"] == row["written"] + row["rejected"] for row in records.values())

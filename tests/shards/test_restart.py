@@ -1,4 +1,5 @@
 """kill -9 mid-run, rerun: finished shards are kept, the rest rebuilt, and the result equals a clean run."""
+
 import hashlib
 import json
 import os
@@ -27,8 +28,11 @@ def many_shards(tmp_path_factory):
 
 def _files(split_dir):
     """{name: sha256} of the tars, stats-free view of the split, plus rejects and manifest minus timings."""
-    out = {n: hashlib.sha256((split_dir / n).read_bytes()).hexdigest()
-           for n in sorted(os.listdir(split_dir)) if n.endswith(".tar")}
+    out = {
+        n: hashlib.sha256((split_dir / n).read_bytes()).hexdigest()
+        for n in sorted(os.listdir(split_dir))
+        if n.endswith(".tar")
+    }
     manifest = json.loads((split_dir / "manifest.json").read_text())
     for volatile in ("seconds", "resumed_shards"):
         manifest.pop(volatile)
@@ -38,11 +42,26 @@ def _files(split_dir):
 def test_kill_9_then_rerun_equals_a_clean_run(many_shards, tmp_path):
     root, clean = many_shards
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "to_shards.py"), "--src", str(root), "--dst", str(out),
-                             *ARGS, "--workers", "2"], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "tools" / "to_shards.py"),
+            "--src",
+            str(root),
+            "--dst",
+            str(out),
+            *ARGS,
+            "--workers",
+            "2",
+        ],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     train = out / "train"
-    while proc.poll() is None and not (train.exists() and sum(n.endswith(".stats.json") for n in os.listdir(train)) >= 3):
+    while proc.poll() is None and not (
+        train.exists() and sum(n.endswith(".stats.json") for n in os.listdir(train)) >= 3
+    ):
         time.sleep(0.002)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole job: main process and its workers
     proc.wait()
@@ -66,7 +85,7 @@ def test_stats_that_do_not_match_the_tar_or_the_options_are_not_trusted(many_sha
     root, clean = many_shards
     out = tmp_path / "out"
     assert convert("--src", root, "--dst", out, *ARGS) == 0
-    (out / "train" / "train-000003.tar").write_bytes(b"truncated")          # size no longer matches stats
+    (out / "train" / "train-000003.tar").write_bytes(b"truncated")  # size no longer matches stats
     (out / "train" / "train-000004.stats.json").write_text('{"samples": 3')  # cut short
     assert convert("--src", root, "--dst", out, *ARGS) == 0
     assert json.loads((out / "train" / "manifest.json").read_text())["resumed_shards"] == 120 - 2
@@ -77,7 +96,9 @@ def test_stats_that_do_not_match_the_tar_or_the_options_are_not_trusted(many_sha
     assert convert("--src", root, "--dst", out, "--splits", "train", "--samples-per-shard", "50", "--overwrite") == 0
     manifest = json.loads((out / "train" / "manifest.json").read_text())
     assert manifest["resumed_shards"] == 0 and len(manifest["shards"]) == 8
-    assert sorted(n for n in os.listdir(out / "train") if n.endswith(".tar")) == [s["shard"] for s in manifest["shards"]]
+    assert sorted(n for n in os.listdir(out / "train") if n.endswith(".tar")) == [
+        s["shard"] for s in manifest["shards"]
+    ]
     (out / "train" / "NOTES.txt").write_text("the user's own file")
     assert convert("--src", root, "--dst", out, "--splits", "train", "--samples-per-shard", "50", "--overwrite") == 0
     assert json.loads((out / "train" / "manifest.json").read_text())["resumed_shards"] == 0
@@ -113,8 +134,13 @@ def test_files_this_run_did_not_write_are_refused_without_overwrite(clean_seed, 
     (split / "rejects.jsonl").write_text('{"mine": true}\n')
     (split / "NOTES.txt").write_text("not shard-named: never a reason to refuse")
     before = _snapshot(out)
-    line = _refused(run_tool("--src", root, "--dst", out, "--splits", "valid", "--samples-per-shard", "5"),
-                    "valid-000007.tar", "valid-000003.stats.json", "manifest.json", "rejects.jsonl")
+    line = _refused(
+        run_tool("--src", root, "--dst", out, "--splits", "valid", "--samples-per-shard", "5"),
+        "valid-000007.tar",
+        "valid-000003.stats.json",
+        "manifest.json",
+        "rejects.jsonl",
+    )
     assert "NOTES.txt" not in line
     assert _snapshot(out) == before
     # --overwrite replaces what is shard-named and leaves the rest
@@ -129,9 +155,12 @@ def test_another_plans_shards_are_refused_and_a_rerun_of_the_same_plan_is_not(cl
     root, _ = clean_seed
     out = tmp_path / "out"
     assert convert("--src", root, "--dst", out, "--splits", "valid", "--samples-per-shard", "5") == 0
-    assert convert("--src", root, "--dst", out, "--splits", "valid", "--samples-per-shard", "5") == 0   # resumes all
+    assert convert("--src", root, "--dst", out, "--splits", "valid", "--samples-per-shard", "5") == 0  # resumes all
     assert json.loads((out / "valid" / "manifest.json").read_text())["resumed_shards"] == 3
     before = _snapshot(out)
-    _refused(run_tool("--src", root, "--dst", out, "--splits", "valid", "--samples-per-shard", "4"),
-             "valid-000000.tar", "valid-000000.stats.json")
+    _refused(
+        run_tool("--src", root, "--dst", out, "--splits", "valid", "--samples-per-shard", "4"),
+        "valid-000000.tar",
+        "valid-000000.stats.json",
+    )
     assert _snapshot(out) == before

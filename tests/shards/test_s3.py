@@ -1,4 +1,5 @@
 """Shards to a real S3 server (SeaweedFS on loopback, started by the session fixture)."""
+
 import io
 import json
 import os
@@ -34,8 +35,20 @@ def bucket(s3_server):
 def test_convert_to_s3_reads_back_and_resumes(s3_server, bucket, clean_seed):
     root, truth = clean_seed
     dst, options = f"s3://{bucket}/ds", json.dumps(s3_server.storage_options())
-    first = run_tool("--src", root, "--dst", dst, "--splits", "train,valid", "--workers", "2",
-                     "--samples-per-shard", "8", "--storage-options", options)
+    first = run_tool(
+        "--src",
+        root,
+        "--dst",
+        dst,
+        "--splits",
+        "train,valid",
+        "--workers",
+        "2",
+        "--samples-per-shard",
+        "8",
+        "--storage-options",
+        options,
+    )
     assert first.returncode == 0, first.stderr
     fs = s3_server.filesystem()
     for split in ("train", "valid"):

@@ -1,4 +1,5 @@
 """The readers' verdict on single records: what is accepted, and the reason for what is not."""
+
 import base64
 import os
 import pickle
@@ -22,16 +23,32 @@ def test_base64_standard_and_urlsafe_decode_to_the_same_bytes():
     assert sf.decode_base64(base64.urlsafe_b64encode(data)) == data
 
 
-@pytest.mark.parametrize("text, why", [(b"QUJD$EFG", "invalid_base64"), (b"QUJDR", "invalid_base64"),
-                                       (b"QUJD\xffRA==", "non_utf8"), (b"QU JD", "invalid_base64")])
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        (b"QUJD$EFG", "invalid_base64"),
+        (b"QUJDR", "invalid_base64"),
+        (b"QUJD\xffRA==", "non_utf8"),
+        (b"QU JD", "invalid_base64"),
+    ],
+)
 def test_bad_base64(text, why):
     assert reason(sf.decode_base64, text) == why
 
 
-@pytest.mark.parametrize("line, why", [(b"  \r\n", "blank_line"), (b"123\n", "missing_base64_field"),
-                                       (b"123\t\n", "missing_base64_field"), (b"1\tQUJD\tx\n", "extra_fields"),
-                                       (b"1\t\tQUJD\n", "extra_fields"), (b"\xff1\tQUJD\n", "non_utf8"),
-                                       (b"1\tQUJD*\n", "invalid_base64"), (b"\tQUJD\n", "missing_base64_field")])
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        (b"  \r\n", "blank_line"),
+        (b"123\n", "missing_base64_field"),
+        (b"123\t\n", "missing_base64_field"),
+        (b"1\tQUJD\tx\n", "extra_fields"),
+        (b"1\t\tQUJD\n", "extra_fields"),
+        (b"\xff1\tQUJD\n", "non_utf8"),
+        (b"1\tQUJD*\n", "invalid_base64"),
+        (b"\tQUJD\n", "missing_base64_field"),
+    ],
+)
 def test_bad_tsv_lines(line, why):
     assert reason(sf.read_tsv_image, line) == why
 
@@ -46,7 +63,13 @@ def test_tsv_index_is_the_same_however_the_file_is_cut(tmp_path):
     path = str(tmp_path / "x.tsv")
     (tmp_path / "x.tsv").write_bytes(b"".join(lines))
     assert [(n, o, bytes(line)) for n, o, line in sf.iter_tsv_lines(path)] == [
-        (1, 0, lines[0]), (2, 7, lines[1]), (3, 8, lines[2]), (4, 52, lines[3]), (5, 62, lines[4]), (6, 69, lines[5])]
+        (1, 0, lines[0]),
+        (2, 7, lines[1]),
+        (3, 8, lines[2]),
+        (4, 52, lines[3]),
+        (5, 62, lines[4]),
+        (6, 69, lines[5]),
+    ]
     whole = [(0, 7, "1"), (7, 1, None), (8, 44, "22"), (52, 10, "3"), (62, 7, None), (69, 6, "4")]
     for parts in (1, 2, 3, 5, 40):
         cuts = sf.tsv_line_starts(path, parts)
@@ -55,15 +78,23 @@ def test_tsv_index_is_the_same_however_the_file_is_cut(tmp_path):
     assert sf.scan_tsv(str(tmp_path / "empty.tsv"), 0, 0) == []
 
 
-@pytest.mark.parametrize("line, why", [
-    (b"{", "invalid_json"), (b"[1]", "invalid_json"), (b'{"text": "a", "image_ids": [1]}', "missing_field"),
-    (b'{"text_id": 1, "image_ids": [1]}', "missing_field"), (b'{"text_id": 1, "text": "a"}', "missing_field"),
-    (b'{"text_id": true, "text": "a", "image_ids": [1]}', "bad_field_type"),
-    (b'{"text_id": 1, "text": 5, "image_ids": [1]}', "bad_field_type"),
-    (b'{"text_id": 1, "text": " ", "image_ids": [1]}', "empty_text"),
-    (b'{"text_id": 1, "text": "a", "image_ids": []}', "no_image_ids"),
-    (b'{"text_id": 1, "text": "a", "image_ids": [[1]]}', "bad_field_type"),
-    (b'{"text_id": 1, "text": "\xe9"}', "non_utf8"), (b"\n", "blank_line")])
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        (b"{", "invalid_json"),
+        (b"[1]", "invalid_json"),
+        (b'{"text": "a", "image_ids": [1]}', "missing_field"),
+        (b'{"text_id": 1, "image_ids": [1]}', "missing_field"),
+        (b'{"text_id": 1, "text": "a"}', "missing_field"),
+        (b'{"text_id": true, "text": "a", "image_ids": [1]}', "bad_field_type"),
+        (b'{"text_id": 1, "text": 5, "image_ids": [1]}', "bad_field_type"),
+        (b'{"text_id": 1, "text": " ", "image_ids": [1]}', "empty_text"),
+        (b'{"text_id": 1, "text": "a", "image_ids": []}', "no_image_ids"),
+        (b'{"text_id": 1, "text": "a", "image_ids": [[1]]}', "bad_field_type"),
+        (b'{"text_id": 1, "text": "\xe9"}', "non_utf8"),
+        (b"\n", "blank_line"),
+    ],
+)
 def test_bad_text_lines(line, why):
     assert reason(sf.parse_text_line, line) == why
 
@@ -94,8 +125,16 @@ def test_crafted_pickle_is_rejected_without_running(tmp_path):
     assert marker.exists()
 
 
-@pytest.mark.parametrize("value, why", [([1, 2, "a"], "bad_pair"), ((1, 2), "bad_pair"), ((1, 2, b"a"), "bad_field_type"),
-                                        ((1.5, 2, "a"), "bad_field_type"), ((1, None, "a"), "bad_field_type")])
+@pytest.mark.parametrize(
+    "value, why",
+    [
+        ([1, 2, "a"], "bad_pair"),
+        ((1, 2), "bad_pair"),
+        ((1, 2, b"a"), "bad_field_type"),
+        ((1.5, 2, "a"), "bad_field_type"),
+        ((1, None, "a"), "bad_field_type"),
+    ],
+)
 def test_pairs_that_are_not_int_str_tuples(value, why):
     assert reason(sf.unpickle_pair, pickle.dumps(value)) == why
 
@@ -117,14 +156,14 @@ def test_image_checks_by_format():
 
 def test_full_verify_catches_damage_the_cheap_check_cannot_see():
     jpeg = bytearray(make_image(1, 96)[0])
-    jpeg[len(jpeg) // 2:len(jpeg) // 2 + 400] = b"\xff\xc4" * 200  # scan data wrecked, end marker intact
+    jpeg[len(jpeg) // 2 : len(jpeg) // 2 + 400] = b"\xff\xc4" * 200  # scan data wrecked, end marker intact
     assert check_image(bytes(jpeg)) == "jpg"
     assert reason(check_image, bytes(jpeg), True) == "corrupt_image"
 
 
 def test_fast_jpeg_and_png_checks_agree_with_pil_on_damage():
     jpeg, png = make_image(2, 96)[0], make_image(2, 32, fmt="PNG")[0]
-    assert reason(check_image, jpeg[:40]) == "truncated_image"       # cut inside the header
+    assert reason(check_image, jpeg[:40]) == "truncated_image"  # cut inside the header
     assert reason(check_image, png[:20]) == "truncated_image"
     broken = jpeg[:2] + b"\x00" + jpeg[3:]
     assert reason(check_image, broken) == "not_an_image"
@@ -138,7 +177,7 @@ def test_tar_headers_are_what_tarfile_writes():
 
     from cnclip_scale.shards.writer import ustar_header
 
-    for name, size in [("1000000.jpg", 123457), ("k" * 95 + ".json", 0), ("_h" + "0" * 40 + ".webp", 8 ** 11 - 1)]:
+    for name, size in [("1000000.jpg", 123457), ("k" * 95 + ".json", 0), ("_h" + "0" * 40 + ".webp", 8**11 - 1)]:
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode = size, 0, 0o444
         assert ustar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT)

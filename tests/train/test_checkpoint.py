@@ -1,5 +1,6 @@
 """The checkpoint folder rules (resume pointers, pruning, the universal conversion's guard) and the checkpointer's
 round trip of everything a resume needs (counters, data position, random streams), with a stand-in engine."""
+
 import json
 import random
 from pathlib import Path
@@ -84,12 +85,15 @@ def test_prune_deletes_only_the_runs_own_old_tags(tmp_path):
         _run_with_tag(tmp_path / tag, tag)
         (tmp_path / tag / "run" / "checkpoints" / tag).rename(root / tag)
         (root / "universal" / tag).mkdir(parents=True)
-    (root / "step_notes").mkdir()              # the user's, named like a tag but not one
-    (root / "step00000000").mkdir()            # tag-named, but without the files this trainer writes in every tag
+    (root / "step_notes").mkdir()  # the user's, named like a tag but not one
+    (root / "step00000000").mkdir()  # tag-named, but without the files this trainer writes in every tag
     (root / "step00000000" / "keep.txt").write_text("user data")
     prune(root, keep_last=1)
-    assert sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "universal") == \
-        ["step00000000", "step00000003", "step_notes"]
+    assert sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "universal") == [
+        "step00000000",
+        "step00000003",
+        "step_notes",
+    ]
     assert [p.name for p in (root / "universal").iterdir()] == ["step00000003"]
     assert (root / "step00000000" / "keep.txt").read_text() == "user data"
 
@@ -196,8 +200,15 @@ def test_checkpointer_saves_and_restores_everything_a_resume_needs(tmp_path):
     assert path == out / "checkpoints" / "step00000007" and state.last_saved == 7
     assert (out / "checkpoints" / "latest").read_text() == "step00000007"
     client = json.loads((path / "client.json").read_text())
-    assert client == {"step": 7, "epoch": 1, "epoch_batches": 3, "epoch_samples": 48, "run_config": {"x": 1},
-                      "universal_checkpoint_info": {"universal_checkpoint_version": 0.2}, "world_size": 1}
+    assert client == {
+        "step": 7,
+        "epoch": 1,
+        "epoch_batches": 3,
+        "epoch_samples": 48,
+        "run_config": {"x": 1},
+        "universal_checkpoint_info": {"universal_checkpoint_version": 0.2},
+        "world_size": 1,
+    }
     rank_state = json.loads((path / "rank00000_state.json").read_text())
     assert rank_state["data"] == {"position": {"slot": 5}, "gathered": True} and set(rank_state["rng"]) >= {"torch"}
 

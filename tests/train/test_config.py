@@ -19,8 +19,17 @@ REPO = Path(__file__).resolve().parents[2]
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("model:\n  name: ViT-Tiny-16@RoBERTa-Tiny-chinese\noptim:\n  lr: 1.0e-4\n  max_steps: 50\n")
-    cfg = load_config(path, ["optim.lr=3e-5", "data.train=[a.json,b.json]", "model.grad_checkpointing=true",
-                             "optim.betas=[0.9,0.999]", "model.init=none", "deepspeed.zero_stage=3"])
+    cfg = load_config(
+        path,
+        [
+            "optim.lr=3e-5",
+            "data.train=[a.json,b.json]",
+            "model.grad_checkpointing=true",
+            "optim.betas=[0.9,0.999]",
+            "model.init=none",
+            "deepspeed.zero_stage=3",
+        ],
+    )
     assert cfg.model.name == "ViT-Tiny-16@RoBERTa-Tiny-chinese"
     assert cfg.optim.lr == 3e-5 and cfg.optim.max_steps == 50 and cfg.optim.betas == [0.9, 0.999]
     assert cfg.data.train == ["a.json", "b.json"] and cfg.model.grad_checkpointing is True
@@ -34,14 +43,17 @@ def test_resolved_config_round_trips(tmp_path):
     assert again == cfg
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optim.lrr=1", "optim.lrr: unknown config key"),
-    ("data.batch_size=abc", "data.batch_size: expected int"),
-    ("data.batch_size=1.5", "data.batch_size: expected int"),
-    ("model.grad_checkpointing=yes", "expected bool"),
-    ("deepspeed.precision=fp8", "not one of fp16, bf16, fp32"),
-    ("optim", "expected key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=1", "optim.lrr: unknown config key"),
+        ("data.batch_size=abc", "data.batch_size: expected int"),
+        ("data.batch_size=1.5", "data.batch_size: expected int"),
+        ("model.grad_checkpointing=yes", "expected bool"),
+        ("deepspeed.precision=fp8", "not one of fp16, bf16, fp32"),
+        ("optim", "expected key=value"),
+    ],
+)
 def test_bad_values_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
@@ -57,21 +69,24 @@ def test_shipped_configs_load():
 
 
 # ------------------------------------------------------------------ values that cannot work are refused at load
-@pytest.mark.parametrize("override, message", [
-    # keep_last < 1 used to delete every checkpoint right after writing it
-    ("train.keep_last=0", "train.keep_last: must be at least 1"),
-    ("train.keep_last=-3", "train.keep_last: must be at least 1"),
-    ("train.log_every=0", "train.log_every: must be at least 1"),
-    ("data.batch_size=0", "data.batch_size: must be at least 1"),
-    ("data.valid_batch_size=0", "data.valid_batch_size: must be at least 1"),
-    ("data.workers=-1", "data.workers: must be 0 or more"),
-    ("optim.max_steps=0", "optim.max_steps: must be at least 1"),  # was silently 'unset' (falsy)
-    ("optim.max_epochs=0", "optim.max_epochs: must be at least 1"),
-    ("train.save_every=-1", "train.save_every: must be 0 or more"),
-    ("optim.betas=[0.9,abc]", r"optim.betas\[1\]: expected float, got 'abc'"),
-    ("model.name=ViT-B-16@RoBERTa-wwm-ext-base-chinees", "model.name: unknown text tower"),
-    ("model.name=ViT-B-16", "model.name: model name 'ViT-B-16' must be"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        # keep_last < 1 used to delete every checkpoint right after writing it
+        ("train.keep_last=0", "train.keep_last: must be at least 1"),
+        ("train.keep_last=-3", "train.keep_last: must be at least 1"),
+        ("train.log_every=0", "train.log_every: must be at least 1"),
+        ("data.batch_size=0", "data.batch_size: must be at least 1"),
+        ("data.valid_batch_size=0", "data.valid_batch_size: must be at least 1"),
+        ("data.workers=-1", "data.workers: must be 0 or more"),
+        ("optim.max_steps=0", "optim.max_steps: must be at least 1"),  # was silently 'unset' (falsy)
+        ("optim.max_epochs=0", "optim.max_epochs: must be at least 1"),
+        ("train.save_every=-1", "train.save_every: must be 0 or more"),
+        ("optim.betas=[0.9,abc]", r"optim.betas\[1\]: expected float, got 'abc'"),
+        ("model.name=ViT-B-16@RoBERTa-wwm-ext-base-chinees", "model.name: unknown text tower"),
+        ("model.name=ViT-B-16", "model.name: model name 'ViT-B-16' must be"),
+    ],
+)
 def test_impossible_values_are_refused_with_the_key_named(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
@@ -114,11 +129,14 @@ def test_config_error_is_a_user_error():
     assert issubclass(ConfigError, UserError) and issubclass(ConfigError, ValueError)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("deepspeed.precision=FP16", "deepspeed.precision: 'FP16' is not one of fp16, bf16, fp32"),
-    ("deepspeed.zero_stage=4", "deepspeed.zero_stage: '4' is not one of 0, 1, 2, 3"),
-    ("deepspeed.zero_stage=two", "deepspeed.zero_stage: 'two' is not one of 0, 1, 2, 3"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("deepspeed.precision=FP16", "deepspeed.precision: 'FP16' is not one of fp16, bf16, fp32"),
+        ("deepspeed.zero_stage=4", "deepspeed.zero_stage: '4' is not one of 0, 1, 2, 3"),
+        ("deepspeed.zero_stage=two", "deepspeed.zero_stage: 'two' is not one of 0, 1, 2, 3"),
+    ],
+)
 def test_modes_are_checked_against_their_literal_on_load(override, message):
     with pytest.raises(ConfigError, match=f"^override {message}$"):
         load_config(None, [override])
@@ -147,11 +165,14 @@ def test_sections_are_built_by_keyword():
     assert DataCfg(batch_size=4).batch_size == 4
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.name=ViT-Tiny-16@nope", "model.name: unknown text tower"),
-    ("model.image_size=30", "model.image_size: 30 is not a multiple of the patch size 16"),
-    ("model.context_length=600", "model.context_length: 600 is more than the 128 positions"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.name=ViT-Tiny-16@nope", "model.name: unknown text tower"),
+        ("model.image_size=30", "model.image_size: 30 is not a multiple of the patch size 16"),
+        ("model.context_length=600", "model.context_length: 600 is more than the 128 positions"),
+    ],
+)
 def test_model_settings_the_towers_cannot_take_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, ["model.name=ViT-Tiny-16@RoBERTa-Tiny-chinese", override])

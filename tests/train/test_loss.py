@@ -1,4 +1,5 @@
 """The local-loss InfoNCE on 2 ranks (real gloo processes) equals the 1-rank loss on the same global batch."""
+
 import os
 
 import pytest

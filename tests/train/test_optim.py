@@ -16,14 +16,29 @@ def test_no_decay_covers_norms_biases_tokens_and_scale(model):
     skip = no_decay_names(model)
     names = dict(model.named_parameters())
     # every LayerNorm by type: BERT's "LayerNorm", timm's norm1/norm2/norm_pre/norm
-    for name in ("bert.embeddings.LayerNorm.weight", "bert.encoder.layer.0.attention.output.LayerNorm.weight",
-                 "bert.encoder.layer.1.output.LayerNorm.bias", "visual.norm_pre.weight", "visual.blocks.0.norm1.weight",
-                 "visual.blocks.1.norm2.bias", "visual.norm.weight", "visual.cls_token", "visual.pos_embed",
-                 "logit_scale", "visual.blocks.0.attn.qkv.bias", "bert.encoder.layer.0.intermediate.dense.bias"):
+    for name in (
+        "bert.embeddings.LayerNorm.weight",
+        "bert.encoder.layer.0.attention.output.LayerNorm.weight",
+        "bert.encoder.layer.1.output.LayerNorm.bias",
+        "visual.norm_pre.weight",
+        "visual.blocks.0.norm1.weight",
+        "visual.blocks.1.norm2.bias",
+        "visual.norm.weight",
+        "visual.cls_token",
+        "visual.pos_embed",
+        "logit_scale",
+        "visual.blocks.0.attn.qkv.bias",
+        "bert.encoder.layer.0.intermediate.dense.bias",
+    ):
         assert name in names and name in skip, name
-    for name in ("bert.embeddings.word_embeddings.weight", "visual.blocks.0.attn.qkv.weight", "visual.head.weight",
-                 "text_projection", "visual.patch_embed.proj.weight",
-                 "bert.encoder.layer.0.attention.self.query.weight"):
+    for name in (
+        "bert.embeddings.word_embeddings.weight",
+        "visual.blocks.0.attn.qkv.weight",
+        "visual.head.weight",
+        "text_projection",
+        "visual.patch_embed.proj.weight",
+        "bert.encoder.layer.0.attention.self.query.weight",
+    ):
         assert name in names and name not in skip, name
     groups = param_groups(model, 0.1)
     assert sum(len(g["params"]) for g in groups) == len(names)

@@ -2,6 +2,7 @@
 traceback, and nothing outside the run changed. Every case here fails before a process group starts (the checks
 ``loop.preflight`` makes), so the command runs in this process, and at the end as a process of its own (rank 0 of
 2, whose partner never comes); the full 2-rank form is in tests/integration."""
+
 import importlib.util
 import json
 import re
@@ -28,8 +29,16 @@ def shards(tmp_path_factory):
 
 
 def pretrain(capsys, shards, out, *extra) -> tuple[int, str]:
-    rc = _command()(["--config", str(REPO / "configs/tiny-cpu.yaml"), f"data.train=[{shards}/train]",
-                     f"train.output_dir={out}", "data.batch_size=8", *extra])
+    rc = _command()(
+        [
+            "--config",
+            str(REPO / "configs/tiny-cpu.yaml"),
+            f"data.train=[{shards}/train]",
+            f"train.output_dir={out}",
+            "data.batch_size=8",
+            *extra,
+        ]
+    )
     captured = capsys.readouterr()
     return rc, captured.out + captured.err
 
@@ -51,13 +60,18 @@ def _run_with_checkpoint(tmp_path: Path, latest: str) -> Path:
     return out
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("model.name=ViT-Tiny-16@RoBERTa-Tiny-chinee", "pretrain: config error: model.name: unknown text tower"),
-    ("train.keep_last=0", "pretrain: config error: train.keep_last: must be at least 1"),
-    ("deepspeed.config=/nonexistent/ds.json",
-     "pretrain: config error: deepspeed.config: /nonexistent/ds.json: no such file"),
-    ("optim.max_steps=0", "pretrain: config error: optim.max_steps: must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.name=ViT-Tiny-16@RoBERTa-Tiny-chinee", "pretrain: config error: model.name: unknown text tower"),
+        ("train.keep_last=0", "pretrain: config error: train.keep_last: must be at least 1"),
+        (
+            "deepspeed.config=/nonexistent/ds.json",
+            "pretrain: config error: deepspeed.config: /nonexistent/ds.json: no such file",
+        ),
+        ("optim.max_steps=0", "pretrain: config error: optim.max_steps: must be at least 1"),
+    ],
+)
 def test_bad_settings_are_one_line(capsys, shards, tmp_path, override, expected):
     assert_one_line(*pretrain(capsys, shards, tmp_path / "out", override), expected)
     assert not (tmp_path / "out").exists()
@@ -75,11 +89,14 @@ def test_damaged_init_weights_are_one_line(capsys, shards, tmp_path):
     assert_one_line(rc, output, f"pretrain: {init}: not a readable safetensors file")
 
 
-@pytest.mark.parametrize("latest, expected", [
-    ("", "is empty"),
-    ("step00000099", "points to 'step00000099' but"),
-    ("../../victim", "names '../../victim', which is not a checkpoint tag inside"),
-])
+@pytest.mark.parametrize(
+    "latest, expected",
+    [
+        ("", "is empty"),
+        ("step00000099", "points to 'step00000099' but"),
+        ("../../victim", "names '../../victim', which is not a checkpoint tag inside"),
+    ],
+)
 def test_bad_latest_pointer_is_one_line_and_touches_nothing(capsys, shards, tmp_path, latest, expected):
     victim = tmp_path / "victim"
     (victim / "universal").mkdir(parents=True)
@@ -106,24 +123,49 @@ def test_truncated_rank_state_is_one_line(capsys, shards, tmp_path):
 def run_pretrain(shards, out, *extra, world_size: int = 1) -> subprocess.CompletedProcess:
     """launch/pretrain.py as rank 0 of ``world_size``. No other rank is ever started: a check that waited for the
     process group would hang here until the timeout, so every answer below comes before the group starts."""
-    env = train_env(RANK="0", WORLD_SIZE=str(world_size), LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                    MASTER_PORT=str(free_port()))
-    return subprocess.run([sys.executable, str(REPO / "launch/pretrain.py"), "--config",
-                           str(REPO / "configs/tiny-cpu.yaml"), f"data.train=[{shards}/train]",
-                           f"train.output_dir={out}", "data.batch_size=8", *extra],
-                          env=env, capture_output=True, text=True, timeout=240)
+    env = train_env(
+        RANK="0", WORLD_SIZE=str(world_size), LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
+    )
+    return subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "launch/pretrain.py"),
+            "--config",
+            str(REPO / "configs/tiny-cpu.yaml"),
+            f"data.train=[{shards}/train]",
+            f"train.output_dir={out}",
+            "data.batch_size=8",
+            *extra,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
-@pytest.mark.parametrize("extra, expected", [
-    (["deepspeed.precision=fp8"],
-     "pretrain: config error: override deepspeed.precision: 'fp8' is not one of fp16, bf16, fp32"),
-    (["model.name=ViT-Tiny-16"], "pretrain: config error: model.name: model name 'ViT-Tiny-16' must be"),
-    (["model.image_size=30"], "pretrain: config error: model.image_size: 30 is not a multiple of the patch size 16"),
-    (["data.valid=[{tmp}/nope]"], "pretrain: data.valid: source folder not found: {tmp}/nope"),
-    (["data.train=[{tmp}/empty]"], "pretrain: data.train: no manifest.json and no .tar shards in {tmp}/empty"),
-    (["data.batch_size=16"], "pretrain: data.train: 16 samples give no batch to each of 2 ranks (batch size 16, "
-                             "drop_last=True); lower data.batch_size or add data"),
-], ids=["precision", "model-name", "image-size", "valid-source", "train-manifest", "too-few-samples"])
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (
+            ["deepspeed.precision=fp8"],
+            "pretrain: config error: override deepspeed.precision: 'fp8' is not one of fp16, bf16, fp32",
+        ),
+        (["model.name=ViT-Tiny-16"], "pretrain: config error: model.name: model name 'ViT-Tiny-16' must be"),
+        (
+            ["model.image_size=30"],
+            "pretrain: config error: model.image_size: 30 is not a multiple of the patch size 16",
+        ),
+        (["data.valid=[{tmp}/nope]"], "pretrain: data.valid: source folder not found: {tmp}/nope"),
+        (["data.train=[{tmp}/empty]"], "pretrain: data.train: no manifest.json and no .tar shards in {tmp}/empty"),
+        (
+            ["data.batch_size=16"],
+            "pretrain: data.train: 16 samples give no batch to each of 2 ranks (batch size 16, "
+            "drop_last=True); lower data.batch_size or add data",
+        ),
+    ],
+    ids=["precision", "model-name", "image-size", "valid-source", "train-manifest", "too-few-samples"],
+)
 def test_every_bad_setting_is_one_line_before_the_group_starts(shards, tmp_path, extra, expected):
     (tmp_path / "empty").mkdir()
     extra = [e.format(tmp=tmp_path) for e in extra]
