@@ -21,6 +21,7 @@ SCRIPTS = {
     "convert": "tools/convert_checkpoint.py",
     "plot": "tools/plot_metrics.py",
     "build-index": "tools/build_index.py",
+    "export-onnx": "tools/export_onnx.py",
 }
 
 

@@ -7,6 +7,7 @@
     cnclip convert     official .pt / HF dir / native weights           (tools/convert_checkpoint.py, cnclip-convert)
     cnclip plot        training curves from metrics.jsonl               (tools/plot_metrics.py)
     cnclip build-index an exact/HNSW/IVF-PQ index of evaluated features (tools/build_index.py)
+    cnclip export-onnx the two towers as ONNX graphs, checked with onnxruntime (tools/export_onnx.py)
 
 Each command is a module here with ``main(argv)``; the scripts in parentheses run the same code with the same options.
 """
@@ -33,6 +34,7 @@ MODULES = {
     "convert": "convert",
     "plot": "plot",
     "build-index": "build_index",
+    "export-onnx": "export_onnx",
 }
 
 
