@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 from cnclip_scale.launch_env import free_port
-from tests.helpers.seed_data import write_seed_dataset
-from tests.helpers.train_runs import REPO
+from tests.helpers.train_runs import REPO, make_tiny_shards
 
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
 PRETRAIN = str(REPO / "launch/pretrain.py")
@@ -84,26 +83,8 @@ def read_jsonl(path: Path, kind: str | None = "train") -> list[dict]:
 
 def make_shards_224(root: Path, sizes: dict[str, int], samples_per_shard: int = 32) -> Path:
     """Seed-layout splits of real bundled photos as 224-px JPEGs (the towers' resolution, so the loader decodes what a
-    real dataset gives it; make_tiny_shards makes 64-px ones for the CPU suite), converted by tools/to_shards.py."""
-    write_seed_dataset(str(root / "seed"), sizes, size=224)
-    subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools/to_shards.py"),
-            "--src",
-            str(root / "seed"),
-            "--dst",
-            str(root / "shards"),
-            "--splits",
-            ",".join(sizes),
-            "--samples-per-shard",
-            str(samples_per_shard),
-            "--no-progress",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return root / "shards"
+    real dataset gives it; the CPU suite's shards are 64 px), converted by tools/to_shards.py."""
+    return make_tiny_shards(root, sizes, samples_per_shard, image_size=224)
 
 
 def reference_args(shards: Path, out: Path) -> list[str]:

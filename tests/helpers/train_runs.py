@@ -13,11 +13,14 @@ from tests.helpers.seed_data import write_seed_dataset
 REPO = Path(__file__).resolve().parents[2]
 
 
-def make_tiny_shards(root: str | Path, sizes: dict[str, int] | None = None, samples_per_shard: int = 23) -> Path:
-    """Seed-layout data (real bundled photos, Chinese captions) converted by tools/to_shards.py; returns the dst."""
+def make_tiny_shards(
+    root: str | Path, sizes: dict[str, int] | None = None, samples_per_shard: int = 23, image_size: int | None = None
+) -> Path:
+    """Seed-layout data (real bundled photos, Chinese captions) converted by tools/to_shards.py; returns the dst.
+    ``image_size``: the photos' side in pixels (default: the small size the CPU suite's tiny towers use)."""
     root = Path(root)
     sizes = sizes or {"train": 64, "valid": 24}
-    write_seed_dataset(str(root / "seed"), sizes)
+    write_seed_dataset(str(root / "seed"), sizes, **({"size": image_size} if image_size else {}))
     subprocess.run(
         [
             sys.executable,
