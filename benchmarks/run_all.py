@@ -4,7 +4,8 @@
 Each benchmark measures its baseline in the same run and ends with lines
 ``BENCH {"stage", "ours", "baseline", "ratio", "target", "unit"}``.
 
-    bench_eval.py, bench_index.py, bench_loader.py, bench_to_shards.py, bench_train.py   CPU, any machine
+    bench_eval.py, bench_index.py, bench_loader.py, bench_resize.py, bench_to_shards.py, bench_train.py   CPU
+    bench_flip.py  CPU or CUDA: FLIP patch dropout, the ViT-Small-16 image tower at mask_ratio 0.5 vs 0
     bench_gpu.py   one GPU (throughput, MFU, largest batch vs a DDP loop); without CUDA it prints one line saying it
                    skipped and exits 0, so `make bench` runs the same everywhere (`run_all.py bench_gpu` alone)
 """

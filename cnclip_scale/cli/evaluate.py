@@ -12,9 +12,11 @@ seed folder ({split}_imgs.tsv + {split}_texts.jsonl). See docs/evaluation.md.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
 from cnclip_scale.cli.command import Command
+from cnclip_scale.errors import UserError
 from cnclip_scale.eval.config import EvalConfig
 
 
@@ -43,6 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--thumbs-limit", type=int, default=20000, help="thumbnails kept per rank for the report")
     p.add_argument("--no-report", action="store_true")
+    p.add_argument(
+        "--storage-options",
+        default=None,
+        help="JSON for fsspec when --data is remote (endpoint_url, key, secret, ...); default: the AWS_* variables",
+    )
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # set by the deepspeed launcher
 
 
@@ -63,7 +70,20 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         gallery_sharded=args.gallery_sharded,
         thumbs_limit=args.thumbs_limit,
         write_report=not args.no_report,
+        storage_options=_storage_options(args.storage_options),
     )
+
+
+def _storage_options(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"--storage-options is not JSON: {err}") from None
+    if not isinstance(options, dict):
+        raise UserError(f"--storage-options: expected a JSON object, got {text!r}")
+    return options
 
 
 def evaluate(cfg: EvalConfig) -> int:

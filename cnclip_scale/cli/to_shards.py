@@ -18,6 +18,8 @@ from cnclip_scale.cli.command import Command
 from cnclip_scale.errors import UserError
 from cnclip_scale.shards.convert import Options, convert_split
 from cnclip_scale.shards.inputs import InputError, detect_layout
+from cnclip_scale.shards.resize import Resize
+from cnclip_scale.shards.tables import TableOptions, check_table, table_path, table_splits
 from cnclip_scale.shards.writer import Destination, DestinationError, describe_storage_error
 
 SHOWN_REJECTS = 20  # per split on the console; all of them are in rejects.jsonl
@@ -34,11 +36,35 @@ class ToShardsConfig:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--src", required=True, help="seed-layout folder ({split}_imgs.tsv, {split}_texts.jsonl) or its lmdb/"
+        "--src",
+        required=True,
+        help="seed-layout folder ({split}_imgs.tsv, {split}_texts.jsonl) or its lmdb/; or images as files: a folder "
+        "with captions.{csv,tsv,parquet,jsonl} (or --captions), or such a table of paths / file:// / s3:// URLs",
     )
     p.add_argument("--dst", required=True, help="local folder or fsspec URL, e.g. s3://bucket/prefix")
-    p.add_argument("--splits", default="train,valid,test", help="comma-separated (default: train,valid,test)")
-    p.add_argument("--from", dest="source_kind", choices=("tsv", "lmdb"), help="force the input layout")
+    p.add_argument(
+        "--splits",
+        default=None,
+        help="comma-separated (default: train,valid,test; for a captions table: the values of its split column)",
+    )
+    p.add_argument("--from", dest="source_kind", choices=("tsv", "lmdb", "table"), help="force the input layout")
+    p.add_argument(
+        "--captions",
+        default=None,
+        help="images as files: the table (CSV/TSV/Parquet/JSONL) of image path or URL + caption [+ split]; "
+        "relative paths are under --src",
+    )
+    p.add_argument("--image-column", default="image", help="table column of image paths / URLs (default: image)")
+    p.add_argument("--caption-column", default="caption", help="table column of captions (default: caption)")
+    p.add_argument("--split-column", default="split", help="table column naming the split (default: split)")
+    p.add_argument("--resize", type=int, default=None, metavar="N", help="shorter side to N px (never upscaled)")
+    p.add_argument(
+        "--resize-mode",
+        choices=("keep_ratio", "center_crop", "border"),
+        default="keep_ratio",
+        help="with --resize: keep_ratio (default), center_crop (N x N), border (longer side N, padded to N x N)",
+    )
+    p.add_argument("--jpeg-quality", type=int, default=95, help="with --resize: JPEG quality (default: 95)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--samples-per-shard", type=int, default=Options.samples_per_shard)
     p.add_argument("--max-shard-bytes", type=int, default=Options.max_shard_bytes)
@@ -71,6 +97,18 @@ def config_from_args(args: argparse.Namespace) -> ToShardsConfig:
         value = getattr(args, option)
         if value < 1:
             raise UserError(f"--{option.replace('_', '-')}: must be at least 1, got {value}")
+    table_opts = TableOptions(
+        captions=args.captions,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        split_column=args.split_column,
+    )
+    if args.splits is None:  # a captions table holds its own splits (tables.py); the seed layout: the usual three
+        try:
+            table = table_path(args.src, table_opts, args.source_kind)
+            args.splits = ",".join(table_splits(table, table_opts)) if table else "train,valid,test"
+        except InputError as err:
+            raise UserError(str(err)) from None
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     if not splits:
         raise UserError(f"--splits: no split names in {args.splits!r}; e.g. --splits train,valid,test")
@@ -78,6 +116,12 @@ def config_from_args(args: argparse.Namespace) -> ToShardsConfig:
         storage_options = json.loads(args.storage_options) if args.storage_options else {}
     except json.JSONDecodeError as err:
         raise UserError(f"--storage-options is not JSON: {err}") from None
+    resize = None
+    if args.resize is not None:
+        try:
+            resize = Resize(size=args.resize, mode=args.resize_mode, jpeg_quality=args.jpeg_quality)
+        except ValueError as err:
+            raise UserError(f"--resize / --jpeg-quality: {err}") from None
     options = Options(
         group=args.group,
         samples_per_shard=args.samples_per_shard,
@@ -86,6 +130,8 @@ def config_from_args(args: argparse.Namespace) -> ToShardsConfig:
         workers=args.workers,
         overwrite=args.overwrite,
         source_kind=args.source_kind,
+        table=table_opts,
+        resize=resize,
         storage_options=storage_options,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
@@ -96,7 +142,10 @@ def to_shards(cfg: ToShardsConfig) -> int:
     """Convert every split, print each split's rejects and the summary table; the exit code."""
     manifests = {}
     try:
-        for split in cfg.splits:  # every input must exist before anything is written
+        table = table_path(cfg.src, cfg.options.table, cfg.options.source_kind)
+        if table is not None:  # images as files (tables.py)
+            check_table(table, cfg.options.table, cfg.splits)
+        for split in cfg.splits if table is None else ():  # every input must exist before anything is written
             detect_layout(cfg.src, split, cfg.options.source_kind)
         dest = Destination(cfg.dst, cfg.options.storage_options)
         dest.check_writable()
@@ -152,6 +201,11 @@ def _summary(manifests: dict[str, dict]) -> str:
             rows.append(
                 f"{split if i == 0 else '':<8}{kind:<8}{row['input']:>10}{row['written']:>10}"
                 f"{row['rejected']:>10}{tail if i == 0 else ''}{ok}"
+            )
+        if t.get("texts_without_images"):
+            rows.append(
+                f"{'':<8}{t['texts_without_images']} written text(s) have no image_ids: queries without ground truth, "
+                f"kept in {split}/{m['queries']['file']} (the evaluator predicts for them)"
             )
     return "\n".join(rows)
 

@@ -40,6 +40,15 @@ class DataCfg:
     epoch_samples: int | None = None  # resampled epochs: samples per epoch (default: the manifest's total)
     shuffle_buffer: int = 2000
     augment: bool = False
+    # fsspec options for remote sources (s3://...: endpoint_url, key, secret, client_kwargs, ...), a mapping in YAML
+    # or a JSON object on the command line; without them s3fs reads the AWS_* environment variables. Saved configs
+    # and checkpoints keep them with credentials redacted (``redacted_storage_options``).
+    storage_options: dict | None = None
+
+    def redacted_storage_options(self) -> dict | None:
+        """``storage_options`` with every credential-like value (a name with key, secret, token, password or
+        credential) replaced: what configs and checkpoints record."""
+        return _redact(self.storage_options)
 
     def reading(self, split: Split) -> Reading:
         if split == "train":
@@ -66,3 +75,17 @@ class DataCfg:
                 drop_last=False,
             )
         raise ValueError(f"split {split!r} is not one of train, valid")
+
+
+_SECRET_NAMES = ("key", "secret", "token", "password", "credential")
+
+
+def _redact(value):
+    if isinstance(value, dict):
+        return {
+            k: "<redacted>" if any(n in str(k).lower() for n in _SECRET_NAMES) and v else _redact(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value

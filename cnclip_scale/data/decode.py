@@ -161,5 +161,7 @@ def parse_sample(raw: RawSample, size: int) -> tuple[Image.Image, str, list[tupl
     texts = [(str(t["text_id"]), t["text"]) for t in meta.get("texts", [])]
     if not texts and "txt" in raw.members:  # plain webdataset shards: one caption in .txt
         texts = [(raw.key, raw.members["txt"].decode("utf-8"))]
-    image_id = str(meta.get("image_id", raw.key))
+    if not texts and isinstance(meta.get("caption"), str) and meta["caption"]:  # img2dataset's json, no .txt
+        texts = [(raw.key, meta["caption"])]
+    image_id = str(meta.get("image_id", meta.get("key", raw.key)))  # img2dataset's json names its key
     return decode_image(raw.members[ext], size), image_id, texts

@@ -7,6 +7,8 @@ evaluator can tell an id repeated within a source from two sources' different im
     ``world_size × workers`` contiguous ranges of near-equal size; each worker batches its range.
   - a Chinese-CLIP seed folder (``SeedEvalStream``): ``{split}_imgs.tsv`` is cut into byte ranges at line
     starts, one per rank × worker, and captions come from ``{split}_texts.jsonl`` (via ``seed_formats``).
+Texts without ground truth (``"image_ids": []``) belong to no image: ``read_seed_texts`` / ``read_shard_queries``
+read them (the seed's texts.jsonl, or the ``queries.jsonl`` beside our shards) for the loader's ``queries``.
 Shares may differ by a batch between ranks; the evaluator gathers embeddings after the loop, so no
 rank waits on another mid-stream. Damaged samples are skipped and counted like in training.
 """
@@ -93,6 +95,61 @@ class ShardEvalStream(_EvalBase):
                     )
 
 
+def read_seed_texts(texts_jsonl: str, counters: Counters | None = None) -> tuple[dict[str, list], list[tuple]]:
+    """(image_id -> [(text_id, text)], queries [(text_id, text)]) from a seed ``{split}_texts.jsonl``: queries are the
+    texts with ``"image_ids": []`` (no ground truth: the evaluator predicts for them, scores nothing). As the converter
+    does, ids compare as text (1 and "1" are one id) and the first line naming one owns it."""
+    counters = counters if counters is not None else Counters()
+    captions: dict[str, list] = {}
+    queries: list[tuple] = []
+    seen: dict[str, int] = {}
+    for line, record in sf.iter_texts_jsonl(texts_jsonl):
+        if isinstance(record, sf.BadRecord):
+            counters.bad("corrupt_samples", f"{texts_jsonl}:{line}: skipped text: {record}")
+            continue
+        if seen.setdefault(str(record.text_id), line) != line:
+            first = seen[str(record.text_id)]
+            counters.bad(
+                "corrupt_samples",
+                f"{texts_jsonl}:{line}: skipped text: duplicate_text_id: "
+                f"text_id {record.text_id!r} first seen at line {first}",
+            )
+            continue
+        if not record.image_ids:
+            queries.append((str(record.text_id), record.text))
+        for image_id in record.image_ids:
+            captions.setdefault(image_id, []).append((str(record.text_id), record.text))
+    return captions, queries
+
+
+def read_shard_queries(url: str, expected: int, storage_options: dict | None = None) -> list[tuple]:
+    """The queries without ground truth a converted split keeps beside its shards (the manifest's ``queries``
+    file, seed ``texts.jsonl`` lines with ``"image_ids": []``), as [(text_id, text)]; SourceError if the file
+    is missing or does not hold the ``expected`` count the manifest recorded."""
+    import fsspec
+
+    from cnclip_scale.data.sources import SourceError
+
+    options = (storage_options or {}) if "://" in url and not url.startswith("file://") else {}
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    try:
+        raw = fs.cat_file(path)
+    except FileNotFoundError:
+        raise SourceError(
+            f"{url}: missing (the manifest lists {expected} queries without ground truth in it)"
+        ) from None
+    queries = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        try:
+            record = sf.parse_text_line(line)
+        except sf.BadRecord as bad:
+            raise SourceError(f"{url}:{number}: {bad}") from None
+        queries.append((str(record.text_id), record.text))
+    if len(queries) != expected:
+        raise SourceError(f"{url}: {len(queries)} queries, the manifest says {expected}")
+    return queries
+
+
 class SeedEvalStream(_EvalBase):
     def __init__(self, images_tsv: str, texts_jsonl: str, **kw):
         super().__init__(**kw)
@@ -102,32 +159,12 @@ class SeedEvalStream(_EvalBase):
         counters, transform = Counters(), resize_to_uint8(self.image_size, train=False)
         yield from self._batches(self._items(counters, transform), counters)
 
-    def _captions(self, counters: Counters) -> dict[str, list]:
-        captions: dict[str, list] = {}
-        seen: dict[str, int] = {}
-        for line, record in sf.iter_texts_jsonl(self.texts_jsonl):
-            if isinstance(record, sf.BadRecord):
-                counters.bad("corrupt_samples", f"{self.texts_jsonl}:{line}: skipped text: {record}")
-                continue
-            # As the converter does: ids compare as text (1 and "1" are one id), the first line owns it.
-            if seen.setdefault(str(record.text_id), line) != line:
-                first = seen[str(record.text_id)]
-                counters.bad(
-                    "corrupt_samples",
-                    f"{self.texts_jsonl}:{line}: skipped text: duplicate_text_id: "
-                    f"text_id {record.text_id!r} first seen at line {first}",
-                )
-                continue
-            for image_id in record.image_ids:
-                captions.setdefault(image_id, []).append((str(record.text_id), record.text))
-        return captions
-
     def _items(self, counters: Counters, transform):
         slot, per_rank = _slot(self.rank, self.workers)
         cuts = sf.tsv_line_starts(self.images_tsv, self.world_size * per_rank)
         if cuts[slot] >= cuts[slot + 1]:
             return
-        captions = self._captions(counters)
+        captions, _ = read_seed_texts(self.texts_jsonl, counters)
         for _, offset, line in sf.iter_tsv_lines(self.images_tsv, cuts[slot], cuts[slot + 1]):
             try:
                 image_id, data = sf.read_tsv_image(line)

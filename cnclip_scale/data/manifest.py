@@ -68,8 +68,9 @@ def check_manifest(doc, where: str, full: bool = False) -> dict:
     return doc
 
 
-def check_stats(doc, where: str) -> dict:
-    """Raise ManifestError unless a `.stats.json` has a usable `samples` count (what the loaders read)."""
+def check_stats(doc, where: str, field: str = "samples") -> dict:
+    """Raise ManifestError unless a `.stats.json` has a usable `samples` count (what the loaders read); img2dataset's
+    `_stats.json` is checked with ``field="successes"``."""
     doc = _object(doc, where)
-    _need(doc, "samples", where, "", "count")
+    _need(doc, field, where, "", "count")
     return doc

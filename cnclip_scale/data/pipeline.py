@@ -49,7 +49,7 @@ from cnclip_scale import comm
 from cnclip_scale.data import state as st
 from cnclip_scale.data.config import Reading
 from cnclip_scale.data.decode import COUNTER_NAMES, Counters, RateLimitedLog, RawSample, parse_sample, read_samples
-from cnclip_scale.data.eval_reader import SeedEvalStream, ShardEvalStream
+from cnclip_scale.data.eval_reader import SeedEvalStream, ShardEvalStream, read_seed_texts, read_shard_queries
 from cnclip_scale.data.ids import id_hashes
 from cnclip_scale.data.sources import DataError, Shard, resolve_sources
 from cnclip_scale.model.transforms import ImageTransform
@@ -547,9 +547,13 @@ class EvalLoader:
         workers: int,
         mp_context: str | None,
         source_names: list[str] | None = None,
+        queries: list[tuple] | None = None,
     ):
         self.stream, self.samples, self.workers, self.mp_context = stream, samples, workers, mp_context
         self.source_names = source_names or []  # batch["sources"] indexes this list
+        # (text_id, text, source index) of the texts without ground truth ("image_ids": []): no image carries them,
+        # so they come beside the batches; the same list on every rank (the evaluator predicts for them only).
+        self.queries = queries or []
         self._counts = dict.fromkeys(COUNTER_NAMES, 0)
 
     @property
@@ -615,11 +619,30 @@ def build_eval_loader(
         for path in seed:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"seed-layout file not found: {path}")
-        return EvalLoader(SeedEvalStream(*seed, **common), None, workers, mp_context, [seed[0]])
+        queries = [(t, text, 0) for t, text in read_seed_texts(seed[1])[1]]
+        return EvalLoader(SeedEvalStream(*seed, **common), None, workers, mp_context, [seed[0]], queries)
     resolved = resolve_sources(sources, None, storage_options)
     shards = [s for source in resolved for s in source.shards]
     source_of = [k for k, source in enumerate(resolved) for _ in source.shards]
     stream = ShardEvalStream(shards, dict(storage_options or {}), source_of, **common)
+    queries = [(t, text, k) for k, source in enumerate(resolved) for t, text in _shard_queries(source, storage_options)]
     return EvalLoader(
-        stream, sum(s.samples for s in shards), workers, _mp_context(shards, mp_context), [s.spec for s in resolved]
+        stream,
+        sum(s.samples for s in shards),
+        workers,
+        _mp_context(shards, mp_context),
+        [s.spec for s in resolved],
+        queries,
     )
+
+
+def _shard_queries(source, storage_options: dict | None) -> list[tuple]:
+    """The split's queries without ground truth (the manifest's ``queries`` file, see shards/convert.py), when the
+    source names a whole converted split (its folder or manifest); a brace pattern or single tars are a subset of
+    the shards, not the split, and bring none."""
+    entry = (source.manifest or {}).get("queries")
+    spec = source.spec.strip()
+    if not isinstance(entry, dict) or "{" in spec or spec.endswith(".tar"):
+        return []
+    folder = (spec.rsplit("/", 1)[0] if "/" in spec else ".") if spec.endswith(".json") else spec.rstrip("/")
+    return read_shard_queries(f"{folder}/{entry['file']}", int(entry["texts"]), storage_options)

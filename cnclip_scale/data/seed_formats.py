@@ -27,17 +27,20 @@ import pybase64
 class BadRecord(Exception):
     """A record that cannot be used: `reason` is a short stable code, `detail` says what exactly."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", ids: dict | None = None):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.ids = ids or {}  # the ids the record did have (e.g. {"text_id": 8428}), for the reject line
 
 
 @dataclass(frozen=True)
 class TextRecord:
     text_id: int | str
     text: str
-    image_ids: tuple[str, ...]  # as strings: the TSV and LMDB key an image by the text of its id
+    # As strings: the TSV and LMDB key an image by the text of its id. Empty for a query without ground truth
+    # (the seed README leaves `"image_ids": []` for test texts: MUGE's test set, a leaderboard submission).
+    image_ids: tuple[str, ...]
 
 
 # ----------------------------------------------------------------------------------------------- TSV
@@ -118,6 +121,27 @@ def tsv_line_id(line) -> str | None:
         return parse_tsv_line(line)[0]
     except BadRecord:
         return None
+
+
+def tsv_line_named_id(line) -> str | None:
+    """The id a reject line names for a TSV line, even an unusable one: the text before the first TAB (the whole
+    line when it has none: `9000004` alone is the id of an image whose base64 is missing), if it is short UTF-8."""
+    found = tsv_line_id(line)
+    if found is not None:
+        return found
+    view = memoryview(line)
+    begin, end = _bounds(view)
+    if bytes(view[:begin]).find(b"\t") >= 0:
+        return None  # the line starts with its TAB: the id field is empty
+    head = bytes(view[begin : min(end, begin + _MAX_ID)])
+    tab = head.find(b"\t")
+    if tab < 0 and end - begin >= _MAX_ID:
+        return None  # no TAB in 4 KB: base64 without an id, not an id
+    try:
+        named = head[: tab if tab >= 0 else len(head)].strip().decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return named or None
 
 
 def parse_tsv_line(line) -> tuple[str, memoryview]:
@@ -201,21 +225,27 @@ def parse_text_line(line: bytes) -> TextRecord:
         raise BadRecord("invalid_json", f"{err.msg} at column {err.colno}") from None
     if not isinstance(obj, dict):
         raise BadRecord("invalid_json", f"expected an object, got {type(obj).__name__}")
-    for field in ("text_id", "text", "image_ids"):
-        if field not in obj:
-            raise BadRecord("missing_field", field)
-    text_id = _id_value(obj["text_id"], "text_id")
-    text = obj["text"]
-    if not isinstance(text, str):
-        raise BadRecord("bad_field_type", f"text must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise BadRecord("empty_text")
-    image_ids = obj["image_ids"]
-    if not isinstance(image_ids, list):
-        raise BadRecord("bad_field_type", f"image_ids must be a list, got {type(image_ids).__name__}")
-    if not image_ids:
-        raise BadRecord("no_image_ids")
-    return TextRecord(text_id, text, tuple(str(_id_value(i, "image_ids[]")) for i in image_ids))
+    ids = {}
+    if "text_id" in obj:
+        text_id = _id_value(obj["text_id"], "text_id")
+        ids = {"text_id": text_id}  # every later reject of this line names it
+    try:
+        for field in ("text_id", "text", "image_ids"):
+            if field not in obj:
+                raise BadRecord("missing_field", field)
+        text = obj["text"]
+        if not isinstance(text, str):
+            raise BadRecord("bad_field_type", f"text must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise BadRecord("empty_text")
+        image_ids = obj["image_ids"]
+        if not isinstance(image_ids, list):
+            raise BadRecord("bad_field_type", f"image_ids must be a list, got {type(image_ids).__name__}")
+        # An empty list is a query without ground truth, not an error (see TextRecord).
+        return TextRecord(text_id, text, tuple(str(_id_value(i, "image_ids[]")) for i in image_ids))
+    except BadRecord as bad:
+        bad.ids = ids
+        raise
 
 
 def iter_texts_jsonl(path: str) -> Iterator[tuple[int, TextRecord | BadRecord]]:

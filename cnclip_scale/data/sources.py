@@ -2,9 +2,9 @@
 
 A *source* is one shard set, written as any of
   - a manifest URL:   ``s3://bucket/data/train/manifest.json`` (what ``tools/to_shards.py`` writes)
-  - a folder:         ``/data/shards/train`` (its ``manifest.json``, else the ``*.stats.json`` beside each tar)
-  - a brace pattern:  ``s3://bucket/data/train/train-{000000..000127}.tar`` (braceexpand; counts from the
-                      folder's manifest, else from each shard's ``.stats.json``)
+  - a folder:         ``/data/shards/train`` (its ``manifest.json``, else its ``sizes.json`` (open_clip), else the
+                      stats file beside each tar: our ``.stats.json`` or img2dataset's ``_stats.json``)
+  - a brace pattern:  ``s3://bucket/data/train/train-{000000..000127}.tar`` (braceexpand; counts as for a folder)
 on local disk or any fsspec filesystem. Several sources join with ``::`` (open_clip's syntax) and mix with
 weights given as ``"1::2"`` or ``[1, 2]``: a source's weight multiplies how often each of its shards is
 drawn in resampled epochs (open_clip's upsampling factors); exact epochs read every shard once.
@@ -123,28 +123,69 @@ def _stats_url(shard_url: str) -> str:
     return shard_url[: -len(".tar")] + ".stats.json" if shard_url.endswith(".tar") else shard_url + ".stats.json"
 
 
+def _img2dataset_stats_url(shard_url: str) -> str:
+    # img2dataset writes 00000.tar beside 00000_stats.json, whose "successes" is the samples in the tar
+    return shard_url.removesuffix(".tar") + "_stats.json"
+
+
+def _shard_count(url: str, storage_options: dict | None) -> int | None:
+    """A shard's count from its own stats file: ours (``.stats.json``, ``samples``) or img2dataset's
+    (``_stats.json``, ``successes``); None when it has neither."""
+    stats = _read_json(_stats_url(url), storage_options)
+    if stats is not None:
+        try:
+            return check_stats(stats, _stats_url(url))["samples"]
+        except ManifestError as err:
+            raise SourceError(str(err)) from None
+    foreign = _read_json(_img2dataset_stats_url(url), storage_options)
+    if foreign is None:
+        return None
+    try:
+        return check_stats(foreign, _img2dataset_stats_url(url), field="successes")["successes"]
+    except ManifestError as err:
+        raise SourceError(str(err)) from None
+
+
+def _check_sizes(doc, where: str) -> dict:
+    """open_clip's ``sizes.json``: ``{"00000.tar": N, ...}``."""
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{where}: expected a JSON object of shard name -> samples, got {type(doc).__name__}")
+    for name, value in doc.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ManifestError(f"{where}: field {name} must be a non-negative integer, got {value!r}")
+    return doc
+
+
 def _counts(urls: list[str], storage_options: dict | None) -> tuple[list[Shard], dict | None]:
-    """Counts for explicit shard URLs: from their folder's manifest, else each shard's stats file."""
+    """Counts for explicit shard URLs: from their folder's manifest, else the folder's ``sizes.json`` (open_clip),
+    else each shard's stats file (ours or img2dataset's)."""
     manifests: dict[str, dict | None] = {}
+    sizes: dict[str, dict] = {}
     shards = []
     for url in urls:
         folder, name = url.rsplit("/", 1) if "/" in url else (".", url)
         if folder not in manifests:
             manifests[folder] = _read_json(f"{folder}/manifest.json", storage_options, check_manifest)
+            sizes[folder] = (
+                {}
+                if manifests[folder] is not None
+                else _read_json(f"{folder}/sizes.json", storage_options, _check_sizes) or {}
+            )
         known = {s["shard"]: s["samples"] for s in (manifests[folder] or {}).get("shards", [])}
         if name in known:
             shards.append(Shard(url, int(known[name])))
             continue
-        stats = _read_json(_stats_url(url), storage_options)
-        if stats is None:
+        if name in sizes[folder]:
+            shards.append(Shard(url, sizes[folder][name]))
+            continue
+        count = _shard_count(url, storage_options)
+        if count is None:
             raise SourceError(
-                f"no sample count for {url}: it is not in {folder}/manifest.json and has no "
-                f"{_stats_url(url).rsplit('/', 1)[-1]} (epochs are planned from counts)"
+                f"no sample count for {url}: it is not in {folder}/manifest.json or sizes.json and has no "
+                f"{_stats_url(url).rsplit('/', 1)[-1]} or {_img2dataset_stats_url(url).rsplit('/', 1)[-1]} (epochs "
+                f"are planned from counts; `cnclip inspect {folder} --index` counts them once and writes a manifest)"
             )
-        try:
-            shards.append(Shard(url, check_stats(stats, _stats_url(url))["samples"]))
-        except ManifestError as err:
-            raise SourceError(str(err)) from None
+        shards.append(Shard(url, count))
     single = list(manifests.values())
     return shards, single[0] if len(single) == 1 else None
 

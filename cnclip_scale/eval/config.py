@@ -26,3 +26,4 @@ class EvalConfig:
     gallery_sharded: bool = False  # keep image features on their rank; exact merged top-k
     thumbs_limit: int = 20000  # thumbnails kept per rank for the report
     write_report: bool = True  # report.html
+    storage_options: dict | None = None  # fsspec options for s3://... data (endpoint_url, key, secret, ...)

@@ -159,6 +159,13 @@ def embed_split(model, loader, tokenizer, *, device, dtype, text_batch_size: int
             if text_source.setdefault(text_id, source) != source:
                 text_clashes.setdefault(text_id, tuple(sorted((text_source[text_id], source))))
             gt.add((text_id, image_id))
+    # Texts without ground truth ("image_ids": []): no image carries them; every rank's loader lists the same ones.
+    # They are queries (predicted for) and gallery items of image→text, with no pair: recall never counts them.
+    for text_id, text, source in getattr(loader, "queries", []):
+        text_id = str(text_id)
+        text_of.setdefault(text_id, text)
+        if text_source.setdefault(text_id, source) != source:
+            text_clashes.setdefault(text_id, tuple(sorted((text_source[text_id], source))))
     if text_clashes:  # a text id in two sources would merge two captions into one
         _raise_clash(text_clashes, getattr(loader, "source_names", []), "text")
     text_ids = sorted(text_of, key=id_key)

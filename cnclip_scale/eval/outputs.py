@@ -68,12 +68,16 @@ def write_predictions(
 
 
 def write_reference(path: str, split) -> None:
-    """The ground truth as a seed ``{split}_texts.jsonl`` (text_id, text, image_ids), for ``evaluation.py``."""
+    """The ground truth as a seed ``{split}_texts.jsonl`` (text_id, text, image_ids), for ``evaluation.py``. Texts
+    without ground truth are left out: ``evaluation.py`` divides by the texts its reference lists (and ignores
+    predictions for others), so with this file it scores exactly the queries our recall counts."""
     images: dict[int, list] = {}
     for t, i in zip(split.gt_text.tolist(), split.gt_image.tolist()):
         images.setdefault(t, []).append(json_id(split.image_ids[i]))
     with open(path, "w", encoding="utf-8") as f:
         for t, (text_id, text) in enumerate(zip(split.text_ids, split.texts)):
+            if t not in images:
+                continue
             f.write(
                 json.dumps(
                     {"text_id": json_id(text_id), "text": text, "image_ids": images.get(t, [])}, ensure_ascii=False

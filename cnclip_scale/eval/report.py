@@ -41,11 +41,15 @@ def _img(thumb: bytes | None, label: str) -> str:
 
 
 def _recall_table(title: str, rows: dict[str, dict]) -> str:
-    head = "".join(f"<th>{h}</th>" for h in ("", "R@1", "R@5", "R@10", "MR", "queries"))
+    head = "".join(f"<th>{h}</th>" for h in ("", "R@1", "R@5", "R@10", "MR", "scored", "predicted only"))
     body = "".join(
         f"<tr><th>{html.escape(name)}</th>"
-        + "".join(f"<td>{r[k]:.2f}</td>" for k in ("r1", "r5", "r10", "mean_recall"))
-        + f"<td>{r['queries']}</td></tr>"
+        + (
+            "".join(f"<td>{r[k]:.2f}</td>" for k in ("r1", "r5", "r10", "mean_recall"))
+            if r["queries"]
+            else "<td colspan='4'>no ground truth</td>"
+        )
+        + f"<td>{r['queries']}</td><td>{r.get('predicted_only', 0)}</td></tr>"
         for name, r in rows.items()
     )
     return f"<h2>{html.escape(title)}</h2><table class='r'><tr>{head}</tr>{body}</table>"

@@ -137,5 +137,7 @@ def recall(
     r = {k: int((hits[:, :k].any(dim=1) & counted).sum()) * 1.0 / n if n else 0.0 for k in ks}
     out = {f"r{k}": r[k] * 100 for k in ks}
     mean_recall = sum(r.values()) / float(len(ks))
-    out.update(score=mean_recall * 100, mean_recall=mean_recall * 100, queries=n)
+    # queries: scored (with ground truth); predicted_only: predicted for, no ground truth (0.0 recall when n == 0:
+    # callers that report a score check `queries` first)
+    out.update(score=mean_recall * 100, mean_recall=mean_recall * 100, queries=n, predicted_only=q - n)
     return out

@@ -91,10 +91,12 @@ def evaluate_retrieval(
     workers: int = 0,
     split: str | None = None,
     gallery_sharded: bool = False,
+    storage_options: dict | None = None,
 ) -> dict:
     """Text→image and image→text recall of ``model`` on ``data`` (an eval loader for this rank, or sources for
     ``build_eval_loader``), inside an initialised process group (or none). Same dict on every rank:
-    ``{"t2i": {"r1","r5","r10","mean_recall","score","queries"}, "i2t": {...}, "images", "texts", "pairs"}``."""
+    ``{"t2i": {"r1","r5","r10","mean_recall","score","queries","predicted_only"}, "i2t": {...}, "images", "texts",
+    "pairs"}``: recall over the ``queries`` with ground truth (0.0 and meaningless when there are none)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = dtype or default_dtype(device)
     if not hasattr(data, "__iter__") or isinstance(data, (str, list, tuple)):
@@ -108,6 +110,7 @@ def evaluate_retrieval(
             rank=comm.rank(),
             world_size=comm.world(),
             split=split,
+            storage_options=storage_options,
         )
     res = retrieve(model, data, tokenizer, device=device, dtype=dtype, top_k=top_k, gallery_sharded=gallery_sharded)
     return {
@@ -217,7 +220,7 @@ def _report(cfg: EvalConfig, res: Retrieval, zs: dict | None, facts: dict, out: 
     Path(out, "report.html").write_text(page, encoding="utf-8")
 
 
-def _check_data(spec: str) -> None:
+def _check_data(spec: str, storage_options: dict | None = None) -> None:
     """Each ``a::b`` part of ``--data`` exists (local) or can be listed with the credentials given (remote)."""
     for part in str(spec).split("::"):
         part = part.strip()
@@ -235,7 +238,7 @@ def _check_data(spec: str) -> None:
         from cnclip_scale.shards.writer import describe_storage_error
 
         try:
-            fs, path = fsspec.core.url_to_fs(folder.rstrip("/"))
+            fs, path = fsspec.core.url_to_fs(folder.rstrip("/"), **(storage_options or {}))
             fs.ls(path)
         except FileNotFoundError:
             raise UserError(f"--data: {part}: no such file or directory") from None
@@ -259,7 +262,7 @@ def preflight(cfg: EvalConfig) -> tuple[list[str] | None, list[str] | None]:
         detect_format(cfg.checkpoint)
     except UserError as e:
         raise UserError(f"--checkpoint: {e}") from None
-    _check_data(cfg.data)
+    _check_data(cfg.data, cfg.storage_options)
     classes = templates = None
     if cfg.zeroshot_classes:
         classes = _read_list("--zeroshot-classes", cfg.zeroshot_classes, "class names")
@@ -308,6 +311,7 @@ def run_evaluation(cfg: EvalConfig) -> dict:
                 rank=comm.rank(),
                 world_size=comm.world(),
                 split=cfg.split,
+                storage_options=cfg.storage_options,
             )
         except UserError:
             raise
@@ -361,8 +365,8 @@ def run_evaluation(cfg: EvalConfig) -> dict:
             "texts": len(s.texts),
             "pairs": int(s.gt_text.numel()),
             "top_k": cfg.top_k,
-            "t2i": res.t2i,
-            "i2t": res.i2t,
+            "t2i": _scored(res.t2i),
+            "i2t": _scored(res.i2t),
             "zeroshot": zs,
             "world_size": comm.world(),
             "launcher": info.launcher,
@@ -392,9 +396,12 @@ def run_evaluation(cfg: EvalConfig) -> dict:
                 res.i2t_index,
                 k,
             )
-            outputs.write_reference(os.path.join(out, f"{cfg.split}_texts.reference.jsonl"), s)
-            outputs.write_json(os.path.join(out, "output.json"), outputs.seed_score(res.t2i))
-            outputs.write_json(os.path.join(out, "output_tr.json"), outputs.seed_score(res.i2t))
+            if res.t2i["queries"]:  # the texts with ground truth only: evaluation.py scores exactly our subset
+                outputs.write_reference(os.path.join(out, f"{cfg.split}_texts.reference.jsonl"), s)
+            for name, r, what in (("output.json", res.t2i, "text"), ("output_tr.json", res.i2t, "image")):
+                outputs.write_json(
+                    os.path.join(out, name), outputs.seed_score(r) if r["queries"] else _no_truth(r, what)
+                )
         if cfg.write_report:
             facts = {k: summary[k] for k in ("model", "images", "texts", "world_size", "device", "dtype")}
             _report(cfg, res, zs, facts, out)
@@ -402,7 +409,7 @@ def run_evaluation(cfg: EvalConfig) -> dict:
         summary["timings_s"] = {k: round(v, 3) for k, v in times.items()}
         if comm.rank() == 0:
             outputs.write_json(os.path.join(out, "summary.json"), summary, pretty=True)
-            log.info("t2i %s | i2t %s", _line(res.t2i), _line(res.i2t))
+            log.info("t2i %s | i2t %s", _line(res.t2i, "text"), _line(res.i2t, "image"))
         comm.barrier()
         return summary
     finally:
@@ -410,8 +417,27 @@ def run_evaluation(cfg: EvalConfig) -> dict:
             comm.stop()
 
 
-def _line(r: dict) -> str:
-    return " ".join(f"{k.upper()} {r[k]:.2f}" for k in ("r1", "r5", "r10")) + f" MR {r['mean_recall']:.2f}"
+def _line(r: dict, what: str) -> str:
+    """``R@1 20.34 R@5 ... MR ... (59 text queries scored, 3 predicted only)``, or ``no ground truth (...)``."""
+    counts = f"{r['queries']} {what} queries scored, {r['predicted_only']} predicted only"
+    if not r["queries"]:
+        return f"no ground truth: nothing scored ({counts})"
+    return " ".join(f"{k.upper()} {r[k]:.2f}" for k in ("r1", "r5", "r10")) + f" MR {r['mean_recall']:.2f} ({counts})"
+
+
+def _scored(r: dict) -> dict:
+    """The recall dict for summary.json; without any ground truth the counts only, not recall 0."""
+    if r["queries"]:
+        return r
+    return {"queries": 0, "predicted_only": r["predicted_only"], "ground_truth": False}
+
+
+def _no_truth(r: dict, what: str) -> dict:
+    """``output.json`` for a split whose queries have no ground truth: the seed's own not-scored form
+    (``success: false``, as ``evaluation.py`` writes when it cannot score), saying why; the run still succeeds."""
+    return outputs.seed_error(
+        f"no ground truth: {r['predicted_only']} {what} queries predicted, none has ground truth, nothing scored"
+    )
 
 
 __all__ = ["evaluate_retrieval", "run_evaluation", "retrieve", "load_model_once"]

@@ -12,7 +12,6 @@ Exported with torch's dynamo exporter (``torch.export`` + onnxscript): batch and
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 
@@ -144,7 +143,7 @@ def export_towers(
             f"image {meta['checks'][precision]['image_max_abs_diff']:.2e}, "
             f"text {meta['checks'][precision]['text_max_abs_diff']:.2e} (tolerance {TOLERANCE[precision]:g})"
         )
-    shutil.copyfile(tokenizer.vocab_file, out / "vocab.txt")
+    tokenizer.save_vocab(out / "vocab.txt")
     (out / EXPORT_JSON).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     return meta
 

@@ -14,14 +14,48 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from .configs import CLIPConfig, TextConfig, VisionConfig
+from .configs import CLIPConfig, ResNetConfig, TextConfig, VisionConfig
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100.0)
 
 
-def build_vision_tower(cfg: VisionConfig) -> VisionTransformer:
-    """timm's ViT in the OpenAI-CLIP arrangement; its ``head`` is the bias-free projection into the joint space."""
+class PatchDropout(nn.Module):
+    """FLIP's random patch dropping (Chinese-CLIP's ``--mask-ratio``, open_clip's ``patch_dropout``): in training, each
+    image keeps a random ``1 - ratio`` of its patch tokens (the class token always), chosen after the positional
+    embeddings are added and before the blocks, so the blocks see fewer tokens. In eval mode, or at ratio 0, it is the
+    identity: evaluation and export see every patch. The draw uses torch's default generator of the tokens' device,
+    which the trainer seeds per rank and saves in its checkpoints, so a resumed run drops the same patches."""
+
+    def __init__(self, ratio: float = 0.0, num_prefix_tokens: int = 1):
+        super().__init__()
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
+        self.ratio = ratio
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def kept(self, num_patches: int) -> int:
+        """How many patch tokens an image keeps (at least one)."""
+        return max(1, int(num_patches * (1.0 - self.ratio)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.ratio == 0.0:
+            return x
+        prefix, patches = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]
+        batch, num_patches, width = patches.shape
+        # a random permutation per image (argsort of uniform noise); its first `keep` entries are the patches kept
+        keep = torch.rand(batch, num_patches, device=x.device).argsort(dim=1)[:, : self.kept(num_patches)]
+        patches = patches.gather(1, keep.unsqueeze(-1).expand(-1, -1, width))
+        return torch.cat([prefix, patches], dim=1)
+
+
+def build_vision_tower(cfg: VisionConfig | ResNetConfig) -> nn.Module:
+    """timm's ViT in the OpenAI-CLIP arrangement; its ``head`` is the bias-free projection into the joint space.
+    A ``ResNetConfig`` gives the ModifiedResNet (``resnet.py``), whose attention pool projects."""
+    if isinstance(cfg, ResNetConfig):
+        from .resnet import ModifiedResNet
+
+        return ModifiedResNet(cfg)
     vit = VisionTransformer(
         img_size=cfg.image_size,
         patch_size=cfg.patch_size,
@@ -92,6 +126,16 @@ class CLIP(nn.Module):
         elif self.bert.is_activation_checkpointing:
             self.bert.activation_checkpointing_disable()
 
+    def set_mask_ratio(self, ratio: float) -> None:
+        """FLIP patch dropout in training (``PatchDropout``); 0 turns it off. timm's ViT applies ``patch_drop`` after
+        the positional embeddings and before ``norm_pre`` (ln_pre) and the blocks, where FLIP and open_clip drop."""
+        if not hasattr(self.visual, "patch_drop"):
+            if ratio:
+                tower = type(self.visual).__name__
+                raise ValueError(f"mask ratio {ratio}: the {tower} image tower has no patch tokens")
+            return
+        self.visual.patch_drop = PatchDropout(ratio, num_prefix_tokens=self.visual.num_prefix_tokens)
+
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         features = self.visual(images)
         return F.normalize(features, dim=-1) if normalize else features
@@ -113,7 +157,9 @@ class CLIP(nn.Module):
         return image_features, text_features, scale
 
 
-def build_model(config: CLIPConfig, grad_checkpointing: bool = False) -> CLIP:
+def build_model(config: CLIPConfig, grad_checkpointing: bool = False, mask_ratio: float = 0.0) -> CLIP:
     model = CLIP(config)
     model.set_grad_checkpointing(grad_checkpointing)
+    if mask_ratio:
+        model.set_mask_ratio(mask_ratio)
     return model

@@ -29,6 +29,25 @@ class VisionConfig:
 
 
 @dataclass(frozen=True)
+class ResNetConfig:
+    """OpenAI CLIP's ModifiedResNet (``model/resnet.py``): 3-conv stem, anti-aliased Bottlenecks, attention pool
+    whose output projection is the joint space. Its stages have no patch tokens (no FLIP, no block freezing)."""
+
+    image_size: int = 224
+    layers: tuple[int, int, int, int] = (3, 4, 6, 3)
+    width: int = 64  # the stem's width; the last stage (and the attention pool) is 32× wider
+    head_width: int = 64
+    embed_dim: int = 1024
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(self.layers))  # a list after a JSON round trip
+
+    @property
+    def heads(self) -> int:
+        return self.width * 32 // self.head_width
+
+
+@dataclass(frozen=True)
 class TextConfig:
     """A BERT encoder (Chinese RoBERTa-wwm-ext is BERT-architecture) without pooler."""
 
@@ -48,7 +67,7 @@ class TextConfig:
 @dataclass(frozen=True)
 class CLIPConfig:
     name: str
-    vision: VisionConfig = field(default_factory=VisionConfig)
+    vision: VisionConfig | ResNetConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
 
     @property
@@ -60,10 +79,12 @@ class CLIPConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> CLIPConfig:
-        return cls(name=d["name"], vision=VisionConfig(**d["vision"]), text=TextConfig(**d["text"]))
+        vision = VisionConfig(**d["vision"]) if "patch_size" in d["vision"] else ResNetConfig(**d["vision"])
+        return cls(name=d["name"], vision=vision, text=TextConfig(**d["text"]))
 
 
-VISION_CONFIGS: dict[str, VisionConfig] = {
+VISION_CONFIGS: dict[str, VisionConfig | ResNetConfig] = {
+    "RN50": ResNetConfig(image_size=224, layers=(3, 4, 6, 3), width=64, embed_dim=1024),
     "ViT-B-32": VisionConfig(image_size=224, patch_size=32, width=768, layers=12, embed_dim=512),
     "ViT-B-16": VisionConfig(image_size=224, patch_size=16, width=768, layers=12, embed_dim=512),
     "ViT-L-14": VisionConfig(image_size=224, patch_size=14, width=1024, layers=24, embed_dim=768),
@@ -90,7 +111,7 @@ TEXT_CONFIGS: dict[str, TextConfig] = {
 
 # The pairs the family released, plus the tiny ones; any vision@text combination of the tables above also resolves.
 RELEASED = [
-    "RN50@RBT3-chinese",  # listed for completeness: ResNet towers are not implemented (see model_config)
+    "RN50@RBT3-chinese",
     "ViT-B-16@RoBERTa-wwm-ext-base-chinese",
     "ViT-L-14@RoBERTa-wwm-ext-base-chinese",
     "ViT-L-14-336@RoBERTa-wwm-ext-base-chinese",
@@ -105,10 +126,6 @@ def model_config(name: str, **vision_overrides) -> CLIPConfig:
     vision_name, sep, text_name = name.partition("@")
     if not sep:
         raise ValueError(f"model name {name!r} must be '<vision>@<text>', e.g. 'ViT-B-16@RoBERTa-wwm-ext-base-chinese'")
-    if vision_name.startswith("RN"):
-        raise ValueError(
-            f"{vision_name}: ResNet image towers are not supported; use a ViT ({', '.join(VISION_CONFIGS)})"
-        )
     if vision_name not in VISION_CONFIGS:
         raise ValueError(f"unknown vision tower {vision_name!r}; known: {', '.join(VISION_CONFIGS)}")
     if text_name not in TEXT_CONFIGS:

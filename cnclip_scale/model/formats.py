@@ -134,7 +134,15 @@ HF = Format(
     ),
 )
 
-FOREIGN_FORMATS = {f.name: f for f in (OFFICIAL, HF)}
+# Chinese-CLIP's RN50: our ModifiedResNet (resnet.py) keeps cn_clip's visual.* names, so only the shared keys change.
+OFFICIAL_RN = Format(
+    "official_rn",
+    read_prefix=OFFICIAL.read_prefix,
+    ignored=OFFICIAL.ignored,
+    rules=(Rule("logit_scale", "logit_scale", SCALAR),),
+)
+
+FOREIGN_FORMATS = {f.name: f for f in (OFFICIAL, HF, OFFICIAL_RN)}
 
 
 def _format(fmt: str) -> Format:

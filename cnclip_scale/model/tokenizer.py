@@ -9,6 +9,7 @@ ourselves because transformers 5's ``BertTokenizer(vocab_file=...)`` silently ig
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
@@ -36,16 +37,27 @@ def default_vocab_file() -> Path:
     return path
 
 
+def _read_vocab(path: Path) -> dict[str, int]:
+    """``vocab.txt`` (one token a line), or the WordPiece vocab inside a ``tokenizer.json``."""
+    if path.suffix == ".json":
+        model = json.loads(path.read_text(encoding="utf-8")).get("model", {})
+        if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
+            raise ValueError(f"{path}: not a WordPiece tokenizer.json (model.type={model.get('type')!r})")
+        return {str(token): int(index) for token, index in model["vocab"].items()}
+    vocab = {}
+    with open(path, encoding="utf-8") as f:
+        for index, line in enumerate(f):
+            vocab[line.strip()] = index  # as the reference: a repeated token keeps its last index
+    return vocab
+
+
 class Tokenizer:
     """``Tokenizer()(texts) -> (input_ids LongTensor B×L, attention_mask BoolTensor B×L)``."""
 
     def __init__(self, vocab_file: str | Path | None = None, context_length: int = DEFAULT_CONTEXT_LENGTH):
         self.vocab_file = Path(vocab_file) if vocab_file else default_vocab_file()
         self.context_length = context_length
-        vocab = {}
-        with open(self.vocab_file, encoding="utf-8") as f:
-            for index, line in enumerate(f):
-                vocab[line.strip()] = index  # as the reference: a repeated token keeps its last index
+        vocab = _read_vocab(self.vocab_file)
         for special in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
             if special not in vocab:
                 raise ValueError(f"{self.vocab_file}: vocab has no {special} token")
@@ -59,9 +71,20 @@ class Tokenizer:
     @classmethod
     def for_model_dir(cls, model_dir: str | Path | None, context_length: int = DEFAULT_CONTEXT_LENGTH) -> Tokenizer:
         """A model directory's own ``vocab.txt`` wins over the official one."""
-        if model_dir is not None and (Path(model_dir) / "vocab.txt").exists():
-            return cls(Path(model_dir) / "vocab.txt", context_length)
+        for name in ("vocab.txt", "tokenizer.json"):  # transformers 5 dirs may ship only tokenizer.json
+            if model_dir is not None and (Path(model_dir) / name).exists():
+                return cls(Path(model_dir) / name, context_length)
         return cls(None, context_length)
+
+    def save_vocab(self, path: str | Path) -> None:
+        """Write the vocab as ``vocab.txt`` (a ``tokenizer.json``'s vocab one token a line, in id order)."""
+        if self.vocab_file.suffix != ".json":
+            Path(path).write_bytes(self.vocab_file.read_bytes())
+            return
+        by_id = sorted(self.vocab.items(), key=lambda item: item[1])
+        if [i for _, i in by_id] != list(range(len(by_id))):
+            raise ValueError(f"{self.vocab_file}: vocab ids are not 0..{len(by_id) - 1}; cannot write a vocab.txt")
+        Path(path).write_text("".join(token + "\n" for token, _ in by_id), encoding="utf-8")
 
     @property
     def vocab_size(self) -> int:

@@ -16,7 +16,15 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .configs import TEXT_CONFIGS, VISION_CONFIGS, CLIPConfig, TextConfig, VisionConfig, match_registered_name
+from .configs import (
+    TEXT_CONFIGS,
+    VISION_CONFIGS,
+    CLIPConfig,
+    ResNetConfig,
+    TextConfig,
+    VisionConfig,
+    match_registered_name,
+)
 from .formats import WeightsError, from_native, to_native
 from .transforms import MEAN, STD
 
@@ -38,6 +46,11 @@ __all__ = [
 def hf_config_dict(config: CLIPConfig) -> dict:
     """``config.json`` of a transformers ``ChineseCLIPModel`` with our sizes."""
     v, t = config.vision, config.text
+    if isinstance(v, ResNetConfig):
+        raise WeightsError(
+            f"{config.name}: Hugging Face's ChineseCLIPModel has no ResNet image tower; "
+            "RN50 checkpoints convert to native and official only"
+        )
     return {
         "architectures": ["ChineseCLIPModel"],
         "model_type": "chinese_clip",
@@ -113,17 +126,7 @@ def infer_config(sd: dict[str, torch.Tensor], name: str | None = None) -> CLIPCo
     """Read the sizes off a native state dict. Head counts are not in the shapes: they come from the registry entry
     with the same sizes, else the family's 64-wide heads."""
     try:
-        width = sd["visual.cls_token"].shape[-1]
-        patch = sd["visual.patch_embed.proj.weight"].shape[-1]
-        grid = math.isqrt(sd["visual.pos_embed"].shape[1] - 1)
-        vision = VisionConfig(
-            image_size=grid * patch,
-            patch_size=patch,
-            width=width,
-            layers=_count(sd, r"visual\.blocks\.(\d+)\."),
-            mlp_ratio=sd["visual.blocks.0.mlp.fc1.weight"].shape[0] / width,
-            embed_dim=sd["visual.head.weight"].shape[0],
-        )
+        vision = _infer_resnet(sd) if "visual.attnpool.c_proj.weight" in sd else _infer_vit(sd)
         vocab, hidden = sd["bert.embeddings.word_embeddings.weight"].shape
         text = TextConfig(
             vocab_size=vocab,
@@ -148,6 +151,31 @@ def infer_config(sd: dict[str, torch.Tensor], name: str | None = None) -> CLIPCo
         (replace(text, heads=c.heads) for c in TEXT_CONFIGS.values() if replace(c, heads=text.heads) == text), text
     )
     return _named(CLIPConfig(name="", vision=vision, text=text), name)
+
+
+def _infer_vit(sd: dict[str, torch.Tensor]) -> VisionConfig:
+    width = sd["visual.cls_token"].shape[-1]
+    patch = sd["visual.patch_embed.proj.weight"].shape[-1]
+    grid = math.isqrt(sd["visual.pos_embed"].shape[1] - 1)
+    return VisionConfig(
+        image_size=grid * patch,
+        patch_size=patch,
+        width=width,
+        layers=_count(sd, r"visual\.blocks\.(\d+)\."),
+        mlp_ratio=sd["visual.blocks.0.mlp.fc1.weight"].shape[0] / width,
+        embed_dim=sd["visual.head.weight"].shape[0],
+    )
+
+
+def _infer_resnet(sd: dict[str, torch.Tensor]) -> ResNetConfig:
+    """A ModifiedResNet's sizes; its heads are not in the shapes (the registry's, else 64 wide)."""
+    grid = math.isqrt(sd["visual.attnpool.positional_embedding"].shape[0] - 1)
+    return ResNetConfig(
+        image_size=grid * 32,
+        layers=tuple(_count(sd, rf"visual\.layer{i}\.(\d+)\.") for i in range(1, 5)),
+        width=sd["visual.conv3.weight"].shape[0],
+        embed_dim=sd["visual.attnpool.c_proj.weight"].shape[0],
+    )
 
 
 def _count(sd: dict, pattern: str) -> int:
@@ -206,7 +234,7 @@ def read_weights(path: str | Path, name: str | None = None) -> tuple[dict[str, t
     sd = obj.get("state_dict", obj)
     if not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsError(f"{path}: 'state_dict' holds non-tensor values; not a Chinese-CLIP checkpoint")
-    sd = to_native(sd, "official")
+    sd = to_native(sd, "official_rn" if any(k.endswith("visual.attnpool.c_proj.weight") for k in sd) else "official")
     return sd, infer_config(sd, name), fmt
 
 
@@ -250,7 +278,8 @@ def write_official(
     sd: dict[str, torch.Tensor], config: CLIPConfig, path: str | Path, epoch: int = 0, step: int = 0
 ) -> None:
     """Chinese-CLIP's checkpoint dict; keys carry ``module.`` as their DDP trainer saves them."""
-    state = {"module." + k: v.detach().cpu() for k, v in from_native(sd, "official").items()}
+    layout = "official_rn" if isinstance(config.vision, ResNetConfig) else "official"
+    state = {"module." + k: v.detach().cpu() for k, v in from_native(sd, layout).items()}
     torch.save({"epoch": epoch, "step": step, "name": config.name, "state_dict": state}, path)
 
 

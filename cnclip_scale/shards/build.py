@@ -32,6 +32,8 @@ class ShardTask:
     captions: dict = field(default_factory=dict)  # image_id -> [(text_id, text)]
     duplicates: dict = field(default_factory=dict)  # TSV line -> line that first named the id
     planned_samples: int = 0
+    files: list = field(default_factory=list)  # table: (line, image reference) of its images
+    resize: dict | None = None  # --resize: Resize.as_dict() (resize.py)
 
 
 _progress = None  # (samples, bytes) shared counters, set in each worker by `init_progress`
@@ -60,7 +62,7 @@ def _tsv_records(task: ShardTask) -> Iterator[tuple[dict, str | None, bytes | sf
             try:
                 found = sf.read_tsv_image(raw)
             except sf.BadRecord as bad:
-                found = sf.tsv_line_id(raw), bad
+                found = sf.tsv_line_named_id(raw), bad  # the id even of a line without a TAB
         yield {"line": number}, *found
 
 
@@ -82,6 +84,10 @@ def _lmdb_records(task: ShardTask) -> Iterator[tuple[dict, str | None, bytes | s
 
 def _records(task: ShardTask) -> Iterator[tuple[dict, str | None, bytes | sf.BadRecord]]:
     """(where, image_id, image bytes) per record; a BadRecord in place of the bytes when it is unusable."""
+    if task.kind == "table":
+        from cnclip_scale.shards.tables import table_records
+
+        return table_records(task)
     return _tsv_records(task) if task.kind == "tsv" else _lmdb_records(task)
 
 
@@ -90,6 +96,10 @@ def _prepare(task: ShardTask, image_id, data) -> tuple[bytes, str, list]:
     if isinstance(data, sf.BadRecord):
         raise data
     ext = check_image(data, full=task.verify_full)
+    if task.resize:
+        from cnclip_scale.shards.resize import Resize, resize_image
+
+        data, ext = resize_image(data, ext, Resize(**task.resize))
     texts = task.captions.get(image_id, [])
     if task.group == "pair" and not texts:
         raise sf.BadRecord("no_texts", "no text names this image (group=pair stores pairs only)")
@@ -102,11 +112,14 @@ def _write_samples(tar: TarShard, group: str, image_id: str, data: bytes, ext: s
         key = sample_key(image_id)
         tar.add(f"{key}.{ext}", data)
         tar.add(f"{key}.json", caption_json(image_id, texts))
+        if texts:  # KEY.txt (first caption) for open_clip & co., which drop a sample without one
+            tar.add(f"{key}.txt", texts[0][1].encode("utf-8"))
         return 1
     for text in texts:
         key = sample_key(image_id, text[0])
         tar.add(f"{key}.{ext}", data)
         tar.add(f"{key}.json", caption_json(image_id, [text]))
+        tar.add(f"{key}.txt", text[1].encode("utf-8"))
     return len(texts)
 
 

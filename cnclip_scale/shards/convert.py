@@ -23,6 +23,8 @@ from tqdm import tqdm
 
 from cnclip_scale.shards.build import ShardTask, build_shard, init_progress
 from cnclip_scale.shards.inputs import SplitSource, load_split
+from cnclip_scale.shards.resize import Resize
+from cnclip_scale.shards.tables import TableOptions, load_table_split, table_path
 from cnclip_scale.shards.writer import (
     TMP_MARK,
     Destination,
@@ -36,10 +38,16 @@ FORMAT = "cnclip_scale.shards/1"
 # an interruption kept from being written is this run's only while the marker names the same plan.
 PLAN_MARK = ".to_shards-plan.json"
 SHOWN_FOREIGN = 6
+SIZES = "sizes.json"  # open_clip's per-split sample counts ({"train-000000.tar": N, ...}), written before the manifest
+# Texts with `"image_ids": []` (queries without ground truth: MUGE's test set, a leaderboard submission, a query log)
+# go to this sidecar, one seed-format line each, listed in the manifest under "queries". Not text-only samples in the
+# tars: every tar sample stays an image, so the training loader, epoch sizes, sizes.json and foreign readers
+# (open_clip wants an image beside each KEY.txt) see nothing new, while the evaluator reads the file as extra queries.
+QUERIES = "queries.jsonl"
 
 
 Group = Literal["image", "pair"]
-SourceKind = Literal["tsv", "lmdb"]
+SourceKind = Literal["tsv", "lmdb", "table"]
 
 
 @dataclass(kw_only=True)
@@ -51,6 +59,8 @@ class Options:
     workers: int = 1
     overwrite: bool = False
     source_kind: SourceKind | None = None  # force the input layout
+    table: TableOptions = field(default_factory=TableOptions)  # images as files: the captions table (tables.py)
+    resize: Resize | None = None  # --resize: images made small at conversion (resize.py); None keeps them as is
     storage_options: dict = field(default_factory=dict)
     progress: bool = True
 
@@ -85,7 +95,7 @@ def _plan(source: SplitSource, captions: dict, opts: Options) -> list[list]:
     groups, current, samples, nbytes = [], [], 0, 0
     for slot in source.images:
         copies = len(captions.get(slot.image_id, ())) if opts.group == "pair" else 1
-        size = (slot.est_bytes + 1536) * copies  # + tar headers and the caption JSON
+        size = (slot.est_bytes + 2560) * copies  # + tar headers, the caption JSON and .txt
         if current and (samples + copies > opts.samples_per_shard or nbytes + size > opts.max_shard_bytes):
             groups.append(current)
             current, samples, nbytes = [], 0, 0
@@ -113,6 +123,7 @@ def _tasks(source: SplitSource, split: str, dst: str, opts: Options) -> list[Sha
             group[0].where,
             group[-1].where,
             len(group),
+            *([opts.resize.as_dict()] if opts.resize else []),  # absent without --resize: older plans stay valid
         ]
         task = ShardTask(
             split,
@@ -131,8 +142,11 @@ def _tasks(source: SplitSource, split: str, dst: str, opts: Options) -> list[Sha
         if source.kind == "tsv":
             task.lines = [(s.line, s.offset, s.length) for s in group]
             task.duplicates = {s.line: duplicates[s.line] for s in group if s.line in duplicates}
+        elif source.kind == "table":
+            task.files = [(s.line, s.ref) for s in group]
         else:
             task.keys = [s.key for s in group]
+        task.resize = opts.resize.as_dict() if opts.resize else None
         tasks.append(task)
     return tasks
 
@@ -211,6 +225,9 @@ def _account(source: SplitSource, stats: list[dict]) -> tuple[dict, list[dict]]:
     image_rejects = [r for s in stats for r in s["rejects"]]
     late_rejects, texts_written, pairs_written = [], 0, 0
     for text in source.texts:
+        if not text.links:  # a query without ground truth: written to QUERIES, not a reject
+            texts_written += 1
+            continue
         alive = 0
         for image_id, where in text.links:
             if image_id in written_ids:
@@ -262,7 +279,10 @@ def _account(source: SplitSource, stats: list[dict]) -> tuple[dict, list[dict]]:
 
 def _options(opts: Options) -> dict:
     """The options that shape the shards (recorded in the manifest)."""
-    return {k: v for k, v in asdict(opts).items() if k in ("samples_per_shard", "max_shard_bytes", "verify_full")}
+    shaping = {k: v for k, v in asdict(opts).items() if k in ("samples_per_shard", "max_shard_bytes", "verify_full")}
+    if opts.resize:  # recorded only when set, so manifests of earlier conversions still match theirs
+        shaping["resize"] = opts.resize.as_dict()
+    return shaping
 
 
 def _manifest(
@@ -292,10 +312,12 @@ def _manifest(
             "shards": len(shards),
             "samples": sum(s["samples"] for s in shards),
             "images": totals["images"]["written"],
-            "texts": totals["texts"]["written"],
+            "texts": totals["texts"]["written"] - sum(not t.links for t in source.texts),  # in the shards
             "pairs": totals["pairs"]["written"],
             "bytes": sum(s["bytes"] for s in shards),
             "images_without_texts": sum(s["images_without_texts"] for s in stats),
+            # in QUERIES, not in the shards: records.texts.written = texts + texts_without_images
+            "texts_without_images": sum(not t.links for t in source.texts),
         },
         "records": totals,
         "rejects": {kind: dict(sorted(c.items())) for kind, c in sorted(by_reason.items())},
@@ -308,7 +330,11 @@ def _shard_file(split: str, name: str) -> bool:
 
 
 def _ours(split: str, name: str) -> bool:
-    return _shard_file(split, name) or name in ("manifest.json", "rejects.jsonl", PLAN_MARK) or TMP_MARK in name
+    return (
+        _shard_file(split, name)
+        or name in ("manifest.json", "rejects.jsonl", SIZES, QUERIES, PLAN_MARK)
+        or TMP_MARK in name
+    )
 
 
 def _plan_fingerprint(tasks: list[ShardTask]) -> str:
@@ -356,8 +382,7 @@ def _foreign(
     )
     if "manifest.json" in listing and not manifest_ours:
         foreign.append("manifest.json")
-    if "rejects.jsonl" in listing and not (manifest_ours or resuming):
-        foreign.append("rejects.jsonl")
+    foreign += [n for n in ("rejects.jsonl", SIZES, QUERIES) if n in listing and not (manifest_ours or resuming)]
     return foreign
 
 
@@ -365,7 +390,12 @@ def convert_split(src: str, split: str, dest: Destination, opts: Options) -> dic
     """Convert one split; return its manifest (also written to DST/{split}/manifest.json)."""
     began = time.time()
     with Workers(opts.workers, fork=dest.is_local) as workers:
-        source = load_split(src, split, opts.source_kind, workers.pool, opts.workers)
+        table = table_path(src, opts.table, opts.source_kind)
+        source = (
+            load_split(src, split, opts.source_kind, workers.pool, opts.workers)
+            if table is None
+            else load_table_split(src, split, opts.table, table)
+        )
         tasks = _tasks(source, split, dest.url, opts)
         listing = dest.list_sizes(split)
         if opts.overwrite:  # only what this tool writes: the folder may hold the user's own files
@@ -382,7 +412,13 @@ def convert_split(src: str, split: str, dest: Destination, opts: Options) -> dic
         done = _finished(dest, split, tasks, listing)
         todo = [t for t in tasks if t.index not in done]
         if todo:  # the split is changing: its old manifest must not describe the new shards
-            dest.remove([f"{split}/{n}" for n in listing if n in ("manifest.json", "rejects.jsonl") or TMP_MARK in n])
+            dest.remove(
+                [
+                    f"{split}/{n}"
+                    for n in listing
+                    if n in ("manifest.json", "rejects.jsonl", SIZES, QUERIES) or TMP_MARK in n
+                ]
+            )
             dest.write_json(f"{split}/{PLAN_MARK}", {"plan": _plan_fingerprint(tasks)})
         built = workers.build(
             todo, sum(t.planned_samples for t in tasks), sum(s["samples"] for s in done.values()), split, opts.progress
@@ -394,6 +430,19 @@ def convert_split(src: str, split: str, dest: Destination, opts: Options) -> dic
     dest.write_lines(f"{split}/rejects.jsonl", rejects)
     manifest = _manifest(split, source, opts, stats, totals, rejects, time.time() - began)
     manifest["resumed_shards"] = len(done)
+    queries = [{"text_id": t.text_id, "text": t.text, "image_ids": []} for t in source.texts if not t.links]
+    if queries:
+        body = b"".join((json.dumps(q, ensure_ascii=False) + "\n").encode("utf-8") for q in queries)
+        dest.write_lines(f"{split}/{QUERIES}", queries)  # the same bytes as `body`
+        manifest["queries"] = {
+            "file": QUERIES,
+            "texts": len(queries),
+            "bytes": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+        }
+    elif QUERIES in dest.list_sizes(split):  # left by an earlier run of this plan (same input: cannot differ)
+        dest.remove([f"{split}/{QUERIES}"])
+    dest.write_json(f"{split}/{SIZES}", {s["shard"]: s["samples"] for s in manifest["shards"]})
     dest.write_json(f"{split}/manifest.json", manifest)
     if PLAN_MARK in dest.list_sizes(split):
         dest.remove([f"{split}/{PLAN_MARK}"])

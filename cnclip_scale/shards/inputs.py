@@ -116,7 +116,7 @@ def load_tsv_split(folder: str, split: str, pool=None, parts: int = 1) -> SplitS
     for line, rec in sf.iter_texts_jsonl(text_path):
         texts_input += 1
         if isinstance(rec, sf.BadRecord):
-            rejects.append(_reject("text", text_label, {"line": line}, rec.reason, rec.detail))
+            rejects.append(_reject("text", text_label, {"line": line}, rec.reason, rec.detail, **rec.ids))
             continue
         # Ids compare as text, as everywhere downstream (sample keys, loaders, evaluator): 1 and "1" are one id.
         if str(rec.text_id) in seen:

@@ -126,8 +126,30 @@ def open_split(url: str, storage_options: dict) -> tuple[Destination, str, dict]
     manifest = dest.read_json(f"{split}/manifest.json")
     if manifest is None:
         raise DestinationError(f"no readable manifest.json at {url} (not converted, or still running)")
+    if isinstance(manifest, dict) and manifest.get("format") == "cnclip_scale.index/1":
+        totals = manifest.get("totals", {})
+        raise DestinationError(
+            f"{url}: manifest.json was written by --index ({totals.get('samples')} samples in {totals.get('shards')} "
+            "shards of another tool): the loaders read it; --verify, --show and --montage read to_shards' splits"
+        )
     check_manifest(manifest, dest.path(f"{split}/manifest.json"), full=True)
     return dest, split, manifest
+
+
+def _check_queries(dest: Destination, split: str, queries, on_disk: dict, verify: bool) -> list[str]:
+    """The split's texts without ground truth (the manifest's ``queries`` file): present at its recorded size, and
+    with ``verify`` its sha256; prints their count."""
+    if not isinstance(queries, dict):
+        return []
+    name, size = queries.get("file"), queries.get("bytes")
+    print(f"  {queries.get('texts')} texts without images (queries without ground truth) in {name}")
+    if name not in on_disk:
+        return [f"{name}: missing"]
+    if on_disk[name] != size:
+        return [f"{name}: {on_disk[name]} bytes, recorded {size}"]
+    if verify and hashlib.sha256(dest.fs.cat_file(dest.path(f"{split}/{name}"))).hexdigest() != queries.get("sha256"):
+        return [f"{name}: sha256 differs from the manifest"]
+    return []
 
 
 def inspect_split(
@@ -162,6 +184,7 @@ def inspect_split(
     if verify and not problems:
         for entry in manifest["shards"]:
             problems += verify_shard(dest, split, entry)
+    problems += _check_queries(dest, split, manifest.get("queries"), on_disk, verify)
     print(
         "\n".join(f"  PROBLEM {p}" for p in problems)
         if problems
@@ -173,7 +196,7 @@ def inspect_split(
         for sample in iter_samples(dest, f"{split}/{entry['shard']}"):
             if len(shown) == wanted:
                 break
-            image_ext = next(k for k in sample if k not in ("__key__", "json"))
+            image_ext = next(k for k in sample if k not in ("__key__", "json", "txt"))
             sample["image"] = sample[image_ext]
             shown.append(sample)
         if len(shown) == wanted:

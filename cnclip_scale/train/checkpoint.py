@@ -46,12 +46,30 @@ class Checkpointer:
     Built before the engine (``universal`` decides how the engine is built); ``resume`` comes from ``find_resume``,
     called in the pre-flight checks so that a bad checkpoint is one line before any rank starts."""
 
-    def __init__(self, output_dir: str | Path, *, keep_last: int, resume: tuple[Path, str] | None):
+    def __init__(
+        self,
+        output_dir: str | Path,
+        *,
+        keep_last: int,
+        resume: tuple[Path, str] | None,
+        reset_optimizer: bool = False,
+        reset_data: bool = False,
+    ):
+        """``reset_optimizer`` (the seed's ``--reset-optimizer``): a resume keeps the weights (the fp32 master copy,
+        which the caller loads into the model before the engine is built: ``weights_source``), the counters and the
+        data position, but the optimizer, loss scaler and lr schedule start afresh; DeepSpeed's own states are not
+        read, so the parameter groups may differ from the saving run's (another freezing or lr split). ``reset_data``
+        (``--reset-data-offset``): the epoch being read starts over."""
         self.root = checkpoint_dir(output_dir)
         self.keep_last = keep_last
         self.resume = resume
-        # Another world size: DeepSpeed re-partitions a universal copy of the checkpoint.
-        self.universal = resume is not None and needs_universal(*resume)
+        self.reset_optimizer = reset_optimizer and resume is not None
+        self.reset_data = reset_data
+        self.other_world = resume is not None and needs_universal(*resume)
+        # Another world size: DeepSpeed re-partitions a universal copy of the checkpoint (not needed when only the
+        # weights are read: they come assembled from every rank's partition).
+        self.universal = self.other_world and not self.reset_optimizer
+        self._client: dict | None = None
         self.engine = self.loader = self.state = None
         self.meta: dict = {}
 
@@ -69,6 +87,20 @@ class Checkpointer:
         """``meta``: stored beside the counters for readers of the checkpoint (model and run config)."""
         self.engine, self.loader, self.state, self.meta = engine, loader, state, meta
 
+    @property
+    def weights_source(self) -> Path | None:
+        """The checkpoint whose weights the caller loads before building the engine (``reset_optimizer``)."""
+        return self.resume[0] / self.resume[1] if self.reset_optimizer else None
+
+    def schedule_from(self) -> int:
+        """The step a fresh lr schedule starts at: the resumed step under ``reset_optimizer``, else 0."""
+        return int(self._client_state()["step"]) if self.reset_optimizer else 0
+
+    def _client_state(self) -> dict:
+        if self._client is None:
+            self._client = read_client_state(*self.resume)
+        return self._client
+
     def restore(self, *, seed: int, global_batch: int) -> bool:
         """Put the tracked objects where the run continues: the checkpoint's state, or a fresh start. Returns whether
         it resumed. ``seed``: the run's; each rank's random streams are seeded from it on a fresh start."""
@@ -77,12 +109,23 @@ class Checkpointer:
             seed_everything(seed + 1000 * rank)  # per-rank dropout streams
             self.loader.set_epoch(self.state.epoch)
             return False
-        client, rank_state = load(self.engine, *self.resume)
+        if self.reset_optimizer:
+            client = self._client_state()
+            root, tag = self.resume
+            rank_file = root / tag / f"rank{0 if self.other_world else rank:05d}_state.json"
+            rank_state = json.loads(rank_file.read_text())
+        else:
+            client, rank_state = load(self.engine, *self.resume)
         restored = TrainState.from_client_state(client, global_batch)
+        if self.reset_data:
+            restored.epoch_batches = restored.epoch_samples = 0
         for name, value in vars(restored).items():  # in place: the loop holds this object
             setattr(self.state, name, value)
-        self.loader.load_state_dict(rank_state["data"])
-        if self.universal:  # RNG streams are per rank, so a new world size gets new ones, distinct from the first run's
+        if self.reset_data:
+            self.loader.set_epoch(self.state.epoch)  # a fresh loader: the epoch from its first sample
+        else:
+            self.loader.load_state_dict(rank_state["data"])
+        if self.other_world:  # RNG streams are per rank: a new world size gets new ones, distinct from the first run's
             seed_everything(seed + 1000 * rank + self.state.step)
         else:
             set_rng_state(rank_state["rng"])
@@ -256,6 +299,16 @@ def to_universal(root: Path, tag: str) -> None:
         )
 
 
+def read_client_state(root: Path, tag: str) -> dict:
+    """The counters and metadata a tag's DeepSpeed model-states file holds (read without executing pickle)."""
+    for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"):
+        if (root / tag / name).is_file():
+            with deepspeed_safe_load():
+                state = torch.load(root / tag / name, map_location="cpu")
+            return {k: v for k, v in state.items() if k not in ("module", "optimizer", "lr_scheduler")}
+    raise ResumeError(f"checkpoint {root / tag}: no DeepSpeed model states file (an incomplete checkpoint?)")
+
+
 def load(engine, root: Path, tag: str) -> tuple[dict, dict]:
     """Restore engine states (model, optimiser, scheduler, loss scaler) and this rank's data position and RNG.
 
@@ -289,6 +342,11 @@ def load(engine, root: Path, tag: str) -> tuple[dict, dict]:
         # would count its steps (bias correction) from a different number; each gets its own copy.
         for group, decay in zip(engine.optimizer.param_groups, weight_decay):
             group["weight_decay"] = decay
+        # the same slip gives every group the first group's lr (per-tower or layer-wise lrs): the scheduler's restored
+        # state holds each group's own
+        if engine.lr_scheduler is not None and hasattr(engine.lr_scheduler, "get_last_lr"):
+            for group, lr in zip(engine.optimizer.param_groups, engine.lr_scheduler.get_last_lr()):
+                group["lr"] = lr
         for state in engine.optimizer.optimizer.state.values():
             if torch.is_tensor(state.get("step")):
                 state["step"] = state["step"].clone()

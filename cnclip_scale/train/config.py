@@ -44,7 +44,12 @@ class ModelCfg:
     context_length: int = 52
     grad_checkpointing: bool = False
     init: str | None = None  # any checkpoint the weight adapter reads (official .pt, HF dir, native, DeepSpeed dir)
+    # Separately pretrained towers, applied after `init` (model/towers.py): an OpenAI CLIP .pt, open_clip or timm ViT
+    # file; a Hugging Face BERT dir (its vocab becomes the run's tokenizer vocab).
+    init_vision: str | None = None
+    init_text: str | None = None
     image_size: int | None = None  # override the tower's resolution (tiny demos)
+    mask_ratio: float = 0.0  # FLIP: drop this share of each image's patch tokens in training (0.5 in FLIP)
 
 
 @dataclass(kw_only=True)
@@ -58,6 +63,9 @@ class OptimCfg:
     eps: float = 1e-6
     min_lr: float = 0.0
     grad_clip: float = 1.0  # 0 disables
+    lr_vision: float | None = None  # the image tower's base lr (EVA-CLIP's --visual-lr); default: lr
+    lr_text: float | None = None  # the text tower's (--text-lr); default: lr
+    layer_decay: float = 1.0  # layer-wise lr decay (BEiT/EVA): block i of L gets decay**(L - i); 1: off
 
 
 @dataclass(kw_only=True)
@@ -73,11 +81,17 @@ class TrainCfg:
     output_dir: str = "runs/default"
     freeze_vision: bool = False
     freeze_text: bool = False
+    freeze_vision_except_last: int | None = None  # lock the image tower but its last N blocks, final norm, head
+    freeze_text_except_last: int | None = None  # lock the text tower but its last N layers and text_projection
+    reset_optimizer: bool = False  # on resume: weights and data position kept, optimizer and lr schedule fresh
+    reset_data: bool = False  # on resume: the epoch starts over
     false_negatives: bool = True  # entries sharing an image or text id are positives, not negatives
     save_every: int = 1000
     keep_last: int = 2
     log_every: int = 10
     valid_every: int = 0  # 0: only at the end
+    save_every_epochs: int = 0  # also save at the end of every N-th epoch (0: off)
+    valid_every_epochs: int = 0  # also validate at the end of every N-th epoch (0: off)
     valid_recall: bool = True  # also retrieval recall on data.valid through the evaluator
     seed: int = 42
     resume: str = "auto"  # auto | none | PATH
@@ -93,7 +107,11 @@ class RunConfig:
     train: TrainCfg = field(default_factory=TrainCfg)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every setting, with credentials in ``data.storage_options`` redacted (this is what run dirs and
+        checkpoints record)."""
+        out = dataclasses.asdict(self)
+        out["data"]["storage_options"] = self.data.redacted_storage_options()
+        return out
 
 
 class ConfigError(UserError, ValueError):
@@ -158,9 +176,19 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             if kind is int and isinstance(value, float) and number != value:
                 raise ValueError
             return number
+        if kind is dict:
+            if isinstance(value, str):  # data.storage_options='{"endpoint_url": "http://..."}'
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"{where}: expected a JSON object, got {value!r} ({e})") from None
+            if not isinstance(value, dict):
+                raise ValueError
+            # ${VAR} in a value is expanded, so credentials can stay in the environment: {"secret": "${S3_SECRET}"}
+            return {str(k): os.path.expandvars(v) if isinstance(v, str) else v for k, v in value.items()}
         if kind is list:
             if isinstance(value, str):
-                value = yaml.safe_load(value) if value.startswith("[") else value.split(",")
+                value = split_list(value)
             if not isinstance(value, list):
                 raise ValueError
             item = typing.get_args(kinds[0])[0] if typing.get_args(kinds[0]) else str
@@ -175,6 +203,40 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     except (TypeError, ValueError):
         pass
     raise ConfigError(f"{where}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+
+
+def split_list(text: str) -> list[str]:
+    """A command-line list: ``[a,b]`` or ``a,b``, split on commas outside braces, brackets and quotes, so brace
+    patterns stay whole (``data.train=[s3://b/train-{000000..000003}.tar,s3://b/x-{a,b}.tar]``); an item in
+    quotes keeps its commas and loses the quotes. ``[]`` is the empty list."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    items, current, depth, quote = [], [], 0, None
+    for char in text:
+        if quote:
+            if char == quote:
+                quote = None
+            else:
+                current.append(char)
+            continue
+        if char in "\"'":
+            quote = char
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+        if char == "," and depth <= 0 and not quote:
+            items.append("".join(current).strip())
+            current = []
+        elif char not in "\"'":
+            current.append(char)
+    if quote or depth > 0:
+        raise ValueError(f"unbalanced {'quote' if quote else 'braces'} in {text!r}")
+    last = "".join(current).strip()
+    if last or items:
+        items.append(last)
+    return items
 
 
 def _choice(value: Any, choices: tuple, where: str) -> Any:
@@ -239,6 +301,10 @@ _AT_LEAST = [
     ("train.keep_last", 1),
     ("train.log_every", 1),
     ("train.valid_every", 0),
+    ("train.save_every_epochs", 0),
+    ("train.valid_every_epochs", 0),
+    ("train.freeze_vision_except_last", 0),
+    ("train.freeze_text_except_last", 0),
 ]
 
 
@@ -262,6 +328,39 @@ def check_config(cfg: RunConfig) -> None:
         raise ConfigError("optim: set max_steps or max_epochs")
     if cfg.train.freeze_vision and cfg.train.freeze_text:
         raise ConfigError("train: freezing both towers leaves only logit_scale to train")
+    check_training_knobs(cfg)
+
+
+def check_training_knobs(cfg: RunConfig) -> None:
+    """FLIP, partial locking and the learning-rate knobs (issue 16)."""
+    if not 0.0 <= cfg.model.mask_ratio < 1.0:
+        raise ConfigError(f"model.mask_ratio: must be in [0, 1), got {cfg.model.mask_ratio}")
+    if not cfg.optim.lr > 0:
+        raise ConfigError(f"optim.lr: must be more than 0, got {cfg.optim.lr}")
+    for key in ("lr_vision", "lr_text"):
+        value = getattr(cfg.optim, key)
+        if value is not None and not value > 0:
+            raise ConfigError(f"optim.{key}: must be more than 0 (lock the tower with train.freeze_* instead)")
+    if not 0.0 < cfg.optim.layer_decay <= 1.0:
+        raise ConfigError(f"optim.layer_decay: must be in (0, 1] (1 turns it off), got {cfg.optim.layer_decay}")
+    config = check_model(cfg.model)
+    for tower, layers in (("vision", getattr(config.vision, "layers", None)), ("text", config.text.layers)):
+        last = getattr(cfg.train, f"freeze_{tower}_except_last")
+        if last is None:
+            continue
+        if getattr(cfg.train, f"freeze_{tower}"):
+            raise ConfigError(f"train.freeze_{tower}_except_last: set it or train.freeze_{tower}, not both")
+        if not isinstance(layers, int):
+            raise ConfigError(f"train.freeze_{tower}_except_last: {cfg.model.name}'s {tower} tower has no blocks")
+        if last > layers:
+            raise ConfigError(
+                f"train.freeze_{tower}_except_last: {last} is more than the {layers} blocks of {cfg.model.name}'s "
+                f"{tower} tower"
+            )
+    if cfg.optim.layer_decay != 1.0 and not isinstance(getattr(config.vision, "layers", None), int):
+        raise ConfigError(f"optim.layer_decay: {cfg.model.name}'s image tower has no numbered blocks to decay over")
+    if cfg.model.mask_ratio and not hasattr(config.vision, "patch_size"):
+        raise ConfigError(f"model.mask_ratio: {cfg.model.name}'s image tower has no patch tokens to drop")
 
 
 def check_model(model: ModelCfg):
@@ -273,10 +372,11 @@ def check_model(model: ModelCfg):
     except ValueError as e:
         raise ConfigError(f"model.name: {e}") from None
     vision = config.vision
-    if vision.image_size % vision.patch_size:
+    stride = getattr(vision, "patch_size", 32)  # a ResNet tower downsamples 32×
+    if vision.image_size % stride:
         raise ConfigError(
-            f"model.image_size: {vision.image_size} is not a multiple of the patch size "
-            f"{vision.patch_size} of {model.name}"
+            f"model.image_size: {vision.image_size} is not a multiple of the "
+            f"{'patch size' if hasattr(vision, 'patch_size') else 'ResNet stride'} {stride} of {model.name}"
         )
     if model.context_length > config.text.max_position_embeddings:
         raise ConfigError(

@@ -80,10 +80,24 @@ def use_tensor_cores(engine) -> None:
         torch.set_float32_matmul_precision("high")
 
 
-def build_engine(model: torch.nn.Module, cfg: RunConfig, max_steps: int, load_universal: bool = False):
-    """``load_universal``: the engine will load a universal checkpoint (see ``checkpoint.to_universal``)."""
-    optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.wd, cfg.optim.betas, cfg.optim.eps)
-    scheduler = build_scheduler(optimizer, cfg.optim.lr, cfg.optim.warmup, max_steps, cfg.optim.min_lr)
+def build_engine(
+    model: torch.nn.Module, cfg: RunConfig, max_steps: int, load_universal: bool = False, schedule_from: int = 0
+):
+    """``load_universal``: the engine will load a universal checkpoint (see ``checkpoint.to_universal``).
+    ``schedule_from``: the step a fresh schedule starts at (``train.reset_optimizer``: warmup and cosine again, over
+    the steps left)."""
+    optim = cfg.optim
+    optimizer = build_optimizer(
+        model,
+        optim.lr,
+        optim.wd,
+        optim.betas,
+        optim.eps,
+        lr_vision=optim.lr_vision,
+        lr_text=optim.lr_text,
+        layer_decay=optim.layer_decay,
+    )
+    scheduler = build_scheduler(optimizer, optim.lr, optim.warmup, max_steps - schedule_from, optim.min_lr)
     config = ds_config(cfg, comm.world())
     accelerator = get_accelerator()
     for half, supported in (("fp16", accelerator.is_fp16_supported), ("bf16", accelerator.is_bf16_supported)):

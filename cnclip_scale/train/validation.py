@@ -27,8 +27,10 @@ class Validator:
             rank=rank,
             world_size=world_size,
             seed=cfg.train.seed,
+            storage_options=cfg.data.storage_options,
         )
         self.tokenizer = tokenizer
+        self.storage_options = cfg.data.storage_options
         self.sources, self.batch_size, self.workers = cfg.data.valid, cfg.data.valid_batch_size, cfg.data.workers
         self.false_negatives, self.recall = cfg.train.false_negatives, cfg.train.valid_recall
 
@@ -71,6 +73,7 @@ class Validator:
             dtype=dtype,
             batch_size=self.batch_size,
             workers=self.workers,
+            storage_options=self.storage_options,
         )
         del model
         return {

@@ -24,6 +24,8 @@ def test_pattern_without_manifest_takes_counts_from_stats_files(uneven, tmp_path
     copy = tmp_path / "copy"
     shutil.copytree(uneven.url, copy)
     os.remove(copy / "manifest.json")
+    assert [s.samples for s in resolve_source(str(copy)).shards] == [7, 7, 3]  # from sizes.json
+    os.remove(copy / "sizes.json")
     source = resolve_source(str(copy))
     assert [s.samples for s in source.shards] == [7, 7, 3]
     os.remove(copy / "train-000001.stats.json")
@@ -118,6 +120,7 @@ def test_a_bad_stats_count_is_one_line_naming_file_and_field(uneven, tmp_path, s
     copy = tmp_path / "copy"
     shutil.copytree(uneven.url, copy)
     os.remove(copy / "manifest.json")
+    os.remove(copy / "sizes.json")
     stats = json.loads((copy / "train-000001.stats.json").read_text())
     stats["samples"] = samples
     (copy / "train-000001.stats.json").write_text(json.dumps(stats))

@@ -58,6 +58,6 @@ def image_samples(samples):
     out = {}
     for parts in samples.values():
         meta = json.loads(parts["json"])
-        (image,) = [v for k, v in parts.items() if k != "json"]
+        (image,) = [v for k, v in parts.items() if k not in ("json", "txt")]
         out[str(meta["image_id"])] = (image, [(t["text_id"], t["text"]) for t in meta["texts"]])
     return out

@@ -78,6 +78,7 @@ def build(stage: int, universal: bool):
             "optim.warmup=2",
             "optim.lr=1e-2",
             "optim.wd=0.1",
+            "optim.lr_vision=3e-3",  # per-group lrs (ZeRO-3's universal loader gives every group the first one's)
         ],
     )
     return eng.build_engine(model, cfg, max_steps=100, load_universal=universal)

@@ -132,6 +132,7 @@ def test_files_this_run_did_not_write_are_refused_without_overwrite(clean_seed, 
     (split / "valid-000003.stats.json").write_text('{"samples": 5, "note": "from another tool"}')
     (split / "manifest.json").write_text('{"mine": true}')
     (split / "rejects.jsonl").write_text('{"mine": true}\n')
+    (split / "sizes.json").write_text('{"valid-000007.tar": 1}')  # open_clip's, from another tool
     (split / "NOTES.txt").write_text("not shard-named: never a reason to refuse")
     before = _snapshot(out)
     line = _refused(
@@ -140,6 +141,7 @@ def test_files_this_run_did_not_write_are_refused_without_overwrite(clean_seed, 
         "valid-000003.stats.json",
         "manifest.json",
         "rejects.jsonl",
+        "sizes.json",
     )
     assert "NOTES.txt" not in line
     assert _snapshot(out) == before
@@ -147,6 +149,8 @@ def test_files_this_run_did_not_write_are_refused_without_overwrite(clean_seed, 
     assert convert("--src", root, "--dst", out, "--splits", "valid", "--samples-per-shard", "5", "--overwrite") == 0
     assert (split / "NOTES.txt").exists() and not (split / "valid-000007.tar").exists()
     assert sorted(n.name for n in split.glob("*.tar")) == ["valid-000000.tar", "valid-000001.tar", "valid-000002.tar"]
+    sizes = json.loads((split / "sizes.json").read_text())  # ours now: every shard, the manifest's counts
+    assert sizes == {s["shard"]: s["samples"] for s in json.loads((split / "manifest.json").read_text())["shards"]}
 
 
 def test_another_plans_shards_are_refused_and_a_rerun_of_the_same_plan_is_not(clean_seed, tmp_path):

@@ -89,7 +89,6 @@ def test_tsv_index_is_the_same_however_the_file_is_cut(tmp_path):
         (b'{"text_id": true, "text": "a", "image_ids": [1]}', "bad_field_type"),
         (b'{"text_id": 1, "text": 5, "image_ids": [1]}', "bad_field_type"),
         (b'{"text_id": 1, "text": " ", "image_ids": [1]}', "empty_text"),
-        (b'{"text_id": 1, "text": "a", "image_ids": []}', "no_image_ids"),
         (b'{"text_id": 1, "text": "a", "image_ids": [[1]]}', "bad_field_type"),
         (b'{"text_id": 1, "text": "\xe9"}', "non_utf8"),
         (b"\n", "blank_line"),
@@ -97,6 +96,47 @@ def test_tsv_index_is_the_same_however_the_file_is_cut(tmp_path):
 )
 def test_bad_text_lines(line, why):
     assert reason(sf.parse_text_line, line) == why
+
+
+def test_a_text_without_image_ids_is_a_query_not_an_error():
+    """The seed README leaves `"image_ids": []` for test texts: a query without ground truth."""
+    assert sf.parse_text_line('{"text_id": 7, "text": "查询", "image_ids": []}'.encode()) == sf.TextRecord(
+        7, "查询", ()
+    )
+
+
+@pytest.mark.parametrize(
+    "line, ids",
+    [
+        (b'{"text_id": 8428, "image_ids": [1]}', {"text_id": 8428}),  # no text: the id it had is still named
+        (b'{"text_id": "q1", "text": "a"}', {"text_id": "q1"}),
+        (b'{"text_id": 5, "text": " ", "image_ids": [1]}', {"text_id": 5}),
+        (b'{"text_id": 5, "text": "a", "image_ids": "1"}', {"text_id": 5}),
+        (b'{"text": "a", "image_ids": [1]}', {}),
+        (b'{"text_id": true, "text": "a", "image_ids": [1]}', {}),
+    ],
+)
+def test_bad_text_lines_name_the_id_they_have(line, ids):
+    with pytest.raises(sf.BadRecord) as caught:
+        sf.parse_text_line(line)
+    assert caught.value.ids == ids
+
+
+@pytest.mark.parametrize(
+    "line, named",
+    [
+        (b"9000004\n", "9000004"),  # no TAB: the line is the id
+        (b" 9000004 \r\n", "9000004"),
+        (b"123\t\n", "123"),
+        (b"1\tQUJD*\n", "1"),
+        (b"\tQUJD\n", None),  # empty id field
+        (b"\xff1\tQUJD\n", None),  # not UTF-8
+        (b"Q" * 5000 + b"\n", None),  # base64 without id or TAB
+        (b"  \r\n", None),
+    ],
+)
+def test_rejected_tsv_lines_name_their_id(line, named):
+    assert sf.tsv_line_named_id(line) == named
 
 
 def test_text_line_ids_become_strings_for_the_join():

@@ -117,6 +117,15 @@ def test_truncated_rank_state_is_one_line(capsys, shards, tmp_path):
     assert_one_line(rc, output, f"pretrain: {state}: not a complete rank state")
 
 
+def test_layer_decay_on_another_world_size_is_one_line(capsys, shards, tmp_path):
+    """DeepSpeed's universal loader cannot re-partition layer-wise groups: refused before any rank starts."""
+    out = _run_with_checkpoint(tmp_path, "step00000004")
+    (out / "checkpoints" / "step00000004" / "rank00001_state.json").write_text(json.dumps({"data": {}, "rng": {}}))
+    rc, output = pretrain(capsys, shards, out, "optim.layer_decay=0.75")
+    assert_one_line(rc, output, "pretrain: checkpoint ")
+    assert "written by 2 ranks" in output and "train.reset_optimizer=true" in output
+
+
 # ------------------------------------------------------------------ the command as users run it: a process of its own
 
 
