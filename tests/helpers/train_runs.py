@@ -57,3 +57,18 @@ def read_metrics(output_dir: str | Path, kind: str = "train") -> list[dict]:
 def read_keys(output_dir: str | Path, rank: int) -> dict[int, list[str]]:
     path = Path(output_dir) / f"keys_rank{rank}.jsonl"
     return {r["step"]: r["keys"] for r in map(json.loads, path.read_text().splitlines())}
+
+
+def run_train_plan(root: Path, plan: list[dict], timeout: int = 840) -> None:
+    """Every scenario of ``plan`` ({"name", "overrides"}, ...) in one 2-rank torchrun launch of
+    tests/integration/train_driver.py, so a test module pays the start-up once; its output goes to root/driver.log."""
+    from cnclip_scale.launch_env import free_port
+
+    (root / "plan.json").write_text(json.dumps(plan))
+    driver = REPO / "tests" / "integration" / "train_driver.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    result = subprocess.run(
+        [*cmd, str(driver), str(root / "plan.json")], env=train_env(), capture_output=True, text=True, timeout=timeout
+    )
+    (root / "driver.log").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stderr[-4000:]

@@ -7,22 +7,17 @@ All scenarios run inside one torchrun launch (tests/integration/train_driver.py)
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from cnclip_scale.checkpoints import load_model, read_checkpoint
-from cnclip_scale.launch_env import free_port
 from cnclip_scale.model import build_model, model_config
 from cnclip_scale.model.configs import TINY
 from cnclip_scale.model.weights import write_checkpoint
-from tests.helpers.train_runs import make_tiny_shards, read_keys, read_metrics, train_env
+from tests.helpers.train_runs import make_tiny_shards, read_keys, read_metrics, run_train_plan
 
 pytestmark = pytest.mark.integration
-HERE = Path(__file__).parent
 COMBOS = [(stage, precision) for stage in (1, 2, 3) for precision in ("fp32", "bf16", "fp16")]
 STEPS, RESUME_AT = 6, 3
 
@@ -122,26 +117,7 @@ def runs(tmp_path_factory):
             ],
         }
     )
-    (root / "plan.json").write_text(json.dumps(plan))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            str(HERE / "train_driver.py"),
-            str(root / "plan.json"),
-        ],
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=840,
-    )
-    (root / "driver.log").write_text(result.stdout + result.stderr)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_train_plan(root, plan)
     return root
 
 

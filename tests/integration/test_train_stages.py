@@ -3,22 +3,16 @@ weights and data position with a fresh optimizer and schedule (and new parameter
 the epoch over, and the epoch-based save/validation intervals fire at epoch ends. One torchrun launch
 (tests/integration/train_driver.py) runs every scenario."""
 
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from cnclip_scale.checkpoints import read_checkpoint
-from cnclip_scale.launch_env import free_port
 from cnclip_scale.train.optim import lr_at
-from tests.helpers.train_runs import make_tiny_shards, read_keys, read_metrics, train_env
+from tests.helpers.train_runs import make_tiny_shards, read_keys, read_metrics, run_train_plan
 
 pytestmark = pytest.mark.integration
-HERE = Path(__file__).parent
 STEPS, RESUME_AT = 6, 3  # 64 samples / (2 ranks × 8) = 4 steps an epoch
 
 
@@ -80,26 +74,7 @@ def runs(tmp_path_factory):
             ],
         },
     ]
-    (root / "plan.json").write_text(json.dumps(plan))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            str(HERE / "train_driver.py"),
-            str(root / "plan.json"),
-        ],
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=840,
-    )
-    (root / "driver.log").write_text(result.stdout + result.stderr)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_train_plan(root, plan)
     return root
 
 
